@@ -1,0 +1,1 @@
+"""Folds (pure), the thin Faust agents that apply them, and effect workers."""

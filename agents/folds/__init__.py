@@ -1,0 +1,1 @@
+"""Pure folds: fold(state, envelope) -> (state, emitted). No I/O, no clock, no randomness."""

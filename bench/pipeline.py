@@ -1,0 +1,1033 @@
+"""End-to-end figures on the embedded broker and PostgreSQL, in one run.
+
+    .venv/bin/python -m bench.pipeline [--events N] [--rate 500] [--seconds 20] [--profile py-spy|cprofile]
+
+1. ingest → projection: N conversation.message.received events through POST /v1/events (batches of
+   500) until sum(messages_received) = N in PostgreSQL, and until sum(replies_sent) = N;
+2. latency: signed WhatsApp webhook deliveries sent open-loop at --rate for --seconds, each timed from
+   its scheduled send time until it is visible: in the read model (one SQL probe for every delivery)
+   and through GET /v1/conversations/{contact} (a sample, with a bounded GET budget);
+3. the real worker's fold rate (fold + effects agents, bench/fold_worker.py) over N pre-loaded records;
+4. the naive Faust agent and the bare stream iteration (bench/faust_baselines.py) over the same records.
+
+Everything runs on one embedded Tansu broker and one embedded PostgreSQL started here; every request
+goes to 127.0.0.1 and every loop is bounded in count and time. The worker and API are the real
+`baton` roles; the projector runs as bench/projector_probe.py (the real projector, batches timed).
+Also printed: log records per inbound message, CPU per component (from /proc), and with --profile
+py-spy the worker, projector and API sampled during (1) and the fold worker during (3).
+
+Experiments (not the defaults): BATON_FETCH_WAIT_MS and other settings in the environment,
+BENCH_GC=default (the fold worker in (3) without the worker's GC tuning),
+--baseline-loglevel error (Faust's spinner puts the root logger at DEBUG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from rich.console import Console
+from rich.table import Table
+
+from schemas import Envelope, encode, source_event_id
+from schemas.conversations import MessageReceived, conversation_stream_id
+from streams.auth import issue_token
+from streams.demo import message_delivery
+from streams.embedded import EmbeddedBroker, EmbeddedPostgres, child_env, free_port
+from streams.publisher import Publisher, producer_options
+from streams.runtime import Runtime
+from streams.settings import Settings, settings_env
+from streams.tenants import load_tenants
+from streams.topics import changelog_topic, ensure_topics
+from streams.whatsapp import sign
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ("hola, ¿horario?", "¿cuánto cuesta el té matcha?", "no funciona mi cafetera")
+TENANT = "acme"
+console = Console(width=150)
+
+
+# ---------------------------------------------------------------- CPU accounting (/proc)
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu() -> dict[int, tuple[str, int, float]]:
+    """pid -> (comm, ppid, user+system CPU seconds) for every process."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        found[int(entry)] = (comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK)
+    return found
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent not idle since boot."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLK  # minus idle and iowait
+
+
+class CpuMeter:
+    """CPU seconds per component of this bench between start() and stop(), and the rest of the machine's.
+
+    Only this bench's processes count: its own descendants (children by role), its broker, and its
+    PostgreSQL (the postmaster daemonizes, so it is found by pid with its children). Processes that exit
+    before stop() are not counted.
+    """
+
+    def __init__(self, roles: dict[int, str], broker_pid: int, postmaster_pid: int) -> None:
+        self.roles, self.broker_pid, self.postmaster_pid = roles, broker_pid, postmaster_pid
+        self.before: dict[int, tuple[str, int, float]] = {}
+        self.wall = self.busy = 0.0
+
+    def group(self, pid: int, procs: dict[int, tuple[str, int, float]]) -> str | None:
+        comm, ppid, _ = procs[pid]
+        if pid == self.postmaster_pid or ppid == self.postmaster_pid:
+            return "postgresql"
+        ancestors, cursor = [], pid
+        while cursor in procs and cursor not in (0, 1):
+            ancestors.append(cursor)
+            if cursor == os.getpid():
+                break
+            cursor = procs[cursor][1]
+        if cursor != os.getpid():
+            return None
+        if pid == os.getpid():
+            return "bench (load + probes)"
+        if pid == self.broker_pid:
+            return "broker (tansu)"
+        for ancestor in ancestors:
+            if ancestor in self.roles:
+                return self.roles[ancestor]
+        if comm.startswith("py-spy"):
+            return "py-spy"
+        return "other child"
+
+    def start(self) -> CpuMeter:
+        self.before, self.wall, self.busy = _proc_cpu(), time.perf_counter(), _machine_busy()
+        return self
+
+    def stop(self) -> tuple[float, dict[str, float]]:
+        after, wall, busy = _proc_cpu(), time.perf_counter() - self.wall, _machine_busy() - self.busy
+        used: dict[str, float] = defaultdict(float)
+        for pid, (comm, _, cpu) in after.items():
+            name = self.group(pid, after)
+            if name:
+                before = self.before.get(pid)
+                used[name] += cpu - (before[2] if before and before[0] == comm else 0.0)
+        used["everything else on the machine"] = max(0.0, busy - sum(used.values()))
+        return wall, dict(used)
+
+
+# ---------------------------------------------------------------- helpers
+
+def code_version() -> str:
+    """HEAD's short hash, and the product files changed in the work tree (measured as they are)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agents", "streams", "projections", "schemas"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10, check=False).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head + (f" + uncommitted {', '.join(changed)}" if changed else "")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms"
+
+
+def rate(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.0f}" if seconds > 0 else "-"
+
+
+def message_envelopes(n: int, contacts: int, prefix: str, run: str) -> list[Envelope]:
+    """n message.received envelopes, round-robin over contacts, one second apart per contact."""
+    start = datetime.now(UTC) - timedelta(hours=1)
+    out = []
+    for i in range(n):
+        c, k = i % contacts, i // contacts
+        contact, wamid = f"{prefix}{c:07d}", f"wamid.{run}.{i}"
+        event_id = source_event_id(TENANT, "whatsapp", wamid)
+        at = start + timedelta(seconds=k)
+        out.append(Envelope(
+            event_id=event_id, type="conversation.message.received", schema_version=1, tenant_id=TENANT,
+            stream_id=conversation_stream_id(TENANT, contact), occurred_at=at, recorded_at=at,
+            correlation_id=event_id, actor="bench",
+            payload=MessageReceived(contact=contact, whatsapp_message_id=wamid, message_type="text",
+                                    text=TEXTS[(c + k) % 3]),
+        ))
+    return out
+
+
+async def totals(conn: psycopg.AsyncConnection, prefix: str) -> tuple[int, int]:
+    cur = await conn.execute(
+        "SELECT coalesce(sum(messages_received), 0), coalesce(sum(replies_sent), 0)"
+        " FROM conversation_sessions WHERE tenant_id = %s AND contact LIKE %s", (TENANT, prefix + "%"))
+    received, sent = await cur.fetchone()
+    return int(received), int(sent)
+
+
+# ---------------------------------------------------------------- 0. warm-up
+
+async def warm_up(runtime: Runtime, token: str, within_s: float = 90.0) -> float:
+    """One webhook message answered end to end: worker joined, projector and API serving."""
+    tenant = load_tenants(runtime.settings.tenants_file).by_id[TENANT]
+    start = time.perf_counter()
+    body = json.dumps(message_delivery(tenant, "34690000000", "Warm", f"wamid.warm.{uuid.uuid4().hex}",
+                                       "hola", int(time.time()))).encode()
+    secret = runtime.settings.whatsapp_app_secret.get_secret_value()
+    async with httpx.AsyncClient(base_url=runtime.api_url, timeout=10,
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
+        response = await client.post("/v1/webhooks/whatsapp", content=body, headers={
+            "Content-Type": "application/json", "X-Hub-Signature-256": sign(secret, body)})
+        response.raise_for_status()
+        while time.perf_counter() - start < within_s:
+            runtime.check_alive()
+            found = await client.get("/v1/conversations/34690000000")
+            if found.status_code == 200 and found.json()["replies_sent"] >= 1:
+                return time.perf_counter() - start
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"warm-up message not answered within {within_s:.0f} s; see {runtime.log_dir}")
+
+
+# ---------------------------------------------------------------- 1. ingest → projection
+
+@dataclass
+class IngestResult:
+    events: int
+    contacts: int
+    requests: int
+    ingest_s: float
+    visible_s: float | None
+    replied_s: float | None
+    received: int
+    sent: int
+
+
+async def ingest_to_projection(runtime: Runtime, token: str, n: int, contacts: int, run: str,
+                               batch: int = 500, concurrency: int = 4) -> IngestResult:
+    prefix = "3461"
+    start_at = datetime.now(UTC) - timedelta(hours=2)
+    bodies = []
+    for first in range(0, n, batch):
+        events = []
+        for i in range(first, min(n, first + batch)):
+            c, k = i % contacts, i // contacts
+            events.append({
+                "type": "conversation.message.received",
+                "occurred_at": (start_at + timedelta(seconds=k)).isoformat(),
+                "payload": {"contact": f"{prefix}{c:07d}", "whatsapp_message_id": f"wamid.{run}.in.{i}",
+                            "message_type": "text", "text": TEXTS[(c + k) % 3]},
+                "source_id": f"{run}.in.{i}",
+            })
+        bodies.append(json.dumps({"events": events}).encode())
+
+    deadline_s = max(90.0, n / 100)
+    state = {"visible": None, "replied": None, "received": 0, "sent": 0}
+    start = time.perf_counter()
+
+    async def watch() -> None:
+        async with await psycopg.AsyncConnection.connect(runtime.settings.database_url, autocommit=True) as conn:
+            while time.perf_counter() - start < deadline_s:
+                state["received"], state["sent"] = await totals(conn, prefix)
+                now = time.perf_counter() - start
+                if state["visible"] is None and state["received"] >= n:
+                    state["visible"] = now
+                if state["replied"] is None and state["sent"] >= n:
+                    state["replied"] = now
+                    return
+                await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=runtime.api_url, timeout=60, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"}) as client:
+        async def post(body: bytes) -> None:
+            async with gate:
+                response = await client.post("/v1/events", content=body)
+                if response.status_code != 202:
+                    raise RuntimeError(f"POST /v1/events: {response.status_code} {response.text[:300]}")
+        await asyncio.gather(*(post(body) for body in bodies))
+    ingest_s = time.perf_counter() - start
+    await watcher
+    return IngestResult(n, contacts, len(bodies), ingest_s, state["visible"], state["replied"],
+                        state["received"], state["sent"])
+
+
+# ---------------------------------------------------------------- 2. latency, open loop
+
+@dataclass
+class Delivery:
+    index: int
+    contact: str
+    nth: int  # this is the contact's nth message of the run
+    event_id: str
+    body: bytes
+    signature: str
+    sampled: bool
+    scheduled: float = 0.0
+    answered: float | None = None
+    status: int = 0
+    visible_sql: float | None = None
+    replied_sql: float | None = None
+    visible_api: float | None = None
+    posted: asyncio.Event | None = None
+
+
+@dataclass
+class LatencyResult:
+    deliveries: list[Delivery]
+    rate: int
+    seconds: float
+    send_s: float
+    late: int
+    contacts: int
+    sample_every: int
+    gets: int
+    get_budget: int
+    sql_probes: int
+    drain_s: float
+    get_errors: int = 0
+    max_inflight: int = 0
+
+
+class Limiter:
+    """At most `per_s` starts per second, spread evenly."""
+
+    def __init__(self, per_s: float) -> None:
+        self.interval, self.next = 1.0 / per_s, 0.0
+
+    async def wait(self) -> None:
+        now = time.perf_counter()
+        slot = max(now, self.next)
+        self.next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+async def latency(runtime: Runtime, token: str, per_s: int, seconds: float, contacts: int, run: str,
+                  get_budget: int = 200, sampled_per_s: int = 50, drain_s: float = 20.0,
+                  max_inflight: int = 64) -> LatencyResult:
+    """Open loop: delivery i is due at start + i/per_s whatever happened to earlier ones, and its latency
+    counts from then. At most max_inflight POSTs are open at once; a due delivery waits its turn in a FIFO
+    (that wait is part of its latency). Everything stops drain_s after the last delivery was due."""
+    settings = runtime.settings
+    tenant = load_tenants(settings.tenants_file).by_id[TENANT]
+    secret = settings.whatsapp_app_secret.get_secret_value()
+    total = int(per_s * seconds)
+    sample_every = max(1, per_s // sampled_per_s)
+    base_ts = int(time.time())
+    deliveries = []
+    for i in range(total):
+        contact, wamid = f"3469{1 + i % contacts:07d}", f"wamid.{run}.lat.{i}"
+        body = json.dumps(message_delivery(tenant, contact, f"C{i % contacts}", wamid, TEXTS[i % 3],
+                                           base_ts + i // per_s)).encode()
+        deliveries.append(Delivery(
+            index=i, contact=contact, nth=i // contacts + 1,
+            event_id=str(source_event_id(TENANT, "whatsapp", wamid)), body=body, signature=sign(secret, body),
+            sampled=i % sample_every == 0, posted=asyncio.Event(),
+        ))
+
+    counters: Counter = Counter()
+    answered: list[Delivery] = []
+    # One single-connection client per open POST: httpcore scans every connection of a pool on each
+    # request (with a getpeername per connection), which made one 64-connection pool the bottleneck.
+    free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+    posters = [httpx.AsyncClient(base_url=runtime.api_url, timeout=30, limits=httpx.Limits(max_connections=1))
+               for _ in range(max_inflight)]
+    for client in posters:
+        free.put_nowait(client)
+    start = time.perf_counter() + 0.05
+    hard_stop = start + seconds + drain_s
+
+    async with contextlib.AsyncExitStack() as stack, \
+            httpx.AsyncClient(base_url=runtime.api_url, timeout=30, limits=httpx.Limits(max_connections=8),
+                              headers={"Authorization": f"Bearer {token}"}) as getter, \
+            await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        for client in posters:
+            await stack.enter_async_context(client)
+
+        async def post(d: Delivery) -> None:
+            client = await free.get()
+            try:
+                response = await client.post("/v1/webhooks/whatsapp", content=d.body, headers={
+                    "Content-Type": "application/json", "X-Hub-Signature-256": d.signature})
+                d.status = response.status_code
+            except httpx.HTTPError:
+                d.status = -1
+            finally:
+                free.put_nowait(client)
+            d.answered = time.perf_counter()
+            answered.append(d)
+            d.posted.set()
+
+        limiter = Limiter(get_budget)
+        get_gate = asyncio.Semaphore(8)
+
+        async def probe_api(d: Delivery) -> None:
+            await d.posted.wait()
+            if d.status != 200:
+                return
+            while time.perf_counter() < hard_stop:
+                await limiter.wait()
+                try:
+                    async with get_gate:
+                        response = await getter.get(f"/v1/conversations/{d.contact}")
+                except httpx.HTTPError:
+                    counters["get_errors"] += 1
+                    continue
+                counters["gets"] += 1
+                if response.status_code == 200 and any(
+                        t["event_id"] == d.event_id for t in response.json()["dialogue"]):
+                    d.visible_api = time.perf_counter()
+                    return
+                await asyncio.sleep(0.01)
+
+        async def probe_sql() -> None:
+            """One query per round over every contact with an answered delivery not yet visible and replied."""
+            waiting: dict[str, list[Delivery]] = defaultdict(list)
+            taken = 0
+            while time.perf_counter() < hard_stop:
+                for d in answered[taken:]:
+                    if d.status == 200:
+                        waiting[d.contact].append(d)
+                taken = len(answered)
+                if not waiting:
+                    if taken == len(deliveries):
+                        return
+                    await asyncio.sleep(0.02)
+                    continue
+                cur = await conn.execute(
+                    "SELECT contact, sum(messages_received), sum(replies_sent) FROM conversation_sessions"
+                    " WHERE tenant_id = %s AND contact = ANY(%s) GROUP BY contact", (TENANT, list(waiting)))
+                rows = await cur.fetchall()
+                now = time.perf_counter()
+                counters["sql"] += 1
+                for contact, received, sent in rows:
+                    left = []
+                    for d in waiting[contact]:
+                        if d.visible_sql is None and received >= d.nth:
+                            d.visible_sql = now
+                        if d.replied_sql is None and sent >= d.nth:
+                            d.replied_sql = now
+                        if d.replied_sql is None:
+                            left.append(d)
+                    if left:
+                        waiting[contact] = left
+                    else:
+                        del waiting[contact]
+                await asyncio.sleep(0.02)
+
+        sql_task = asyncio.create_task(probe_sql())
+        api_tasks = [asyncio.create_task(probe_api(d)) for d in deliveries if d.sampled]
+        posts = []
+        late = 0
+        for d in deliveries:
+            d.scheduled = start + d.index / per_s
+            delay = d.scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.01:
+                late += 1
+            posts.append(asyncio.create_task(post(d)))
+        send_s = time.perf_counter() - start
+        drain_start = time.perf_counter()
+        tasks = [*posts, sql_task, *api_tasks]
+        _, pending = await asyncio.wait(tasks, timeout=max(0.1, hard_stop - time.perf_counter()))
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        drained = time.perf_counter() - drain_start
+
+    return LatencyResult(deliveries, per_s, seconds, send_s, late, contacts, sample_every, counters["gets"],
+                         get_budget, counters["sql"], drained, counters["get_errors"], max_inflight)
+
+
+# ---------------------------------------------------------------- 3 + 4. fold rate and baselines
+
+async def log_records(settings: Settings) -> dict[str, int]:
+    """Records on the domain topic and the two table changelogs (end offsets: exact with one record per batch)."""
+    from aiokafka import AIOKafkaConsumer
+
+    names = {"domain": settings.topic("conversations"), "sessions changelog": changelog_topic(settings, "sessions"),
+             "effects ledger changelog": changelog_topic(settings, "effects")}
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await consumer.start()
+    try:
+        counts = {}
+        for label, topic in names.items():
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+            ends = await consumer.end_offsets(tps) if tps else {}
+            counts[label] = sum(ends.values())
+        return counts
+    finally:
+        await consumer.stop()
+
+
+async def redundant_writes(settings: Settings, table: str) -> tuple[int, int, int]:
+    """Records on a table's changelog, those equal to the key's previous value, and first writes of `{}`."""
+    from aiokafka import AIOKafkaConsumer
+
+    topic = changelog_topic(settings, table)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        last: dict[bytes, bytes] = {}
+        records = same = empty = 0
+        deadline = time.perf_counter() + 60
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+        while time.perf_counter() < deadline and await behind():
+            for batch in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                for record in batch:
+                    records += 1
+                    same += last.get(record.key) == record.value
+                    empty += record.key not in last and record.value == b"{}"
+                    last[record.key] = record.value
+        return records, same, empty
+    finally:
+        await consumer.stop()
+
+
+def amplification(before: dict[str, int], after: dict[str, int], messages: int) -> str:
+    parts = [f"{label} {(after[label] - before.get(label, 0)) / messages:.1f}" for label in after]
+    total = sum(after[label] - before.get(label, 0) for label in after)
+    return f"log records per inbound message: {', '.join(parts)}; total {total / messages:.1f}"
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
+    finally:
+        await admin.close()
+
+
+async def preload(settings: Settings, envelopes: list[Envelope], raw_topics: list[str]) -> float:
+    """The envelopes onto the conversations topic (Publisher) and, raw, onto each of raw_topics."""
+    start = time.perf_counter()
+    async with Publisher(settings) as publisher:
+        await publisher.publish(envelopes)
+    if raw_topics:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **producer_options(settings))
+        await producer.start()
+        try:
+            records = [(e.stream_id.encode(), encode(e)) for e in envelopes]
+            for topic in raw_topics:
+                futures = [await producer.send(topic, key=key, value=value) for key, value in records]
+                await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+    return time.perf_counter() - start
+
+
+async def read_json_lines(process: asyncio.subprocess.Process, until: str | None, timeout: float,
+                          on_line=None) -> list[dict]:
+    """JSON lines from a child's stdout until one has phase == until (or the child ends)."""
+    lines: list[dict] = []
+    deadline = time.perf_counter() + timeout
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise TimeoutError(f"child did not report {until!r} within {timeout:.0f} s (got {lines})")
+        raw = await asyncio.wait_for(process.stdout.readline(), timeout=left)
+        if not raw:
+            if until is None:
+                return lines
+            raise RuntimeError(f"child exited before reporting {until!r} (got {lines}); see its log")
+        text = raw.decode(errors="replace")
+        at = max(text.find('{"phase"'), text.find('{"mode"'))
+        if at < 0:
+            continue  # the worker's own output (structlog lines, cursor escapes)
+        line = json.loads(text[at:].strip())
+        lines.append(line)
+        if on_line:
+            await on_line(line)
+        if until is None or line.get("phase", line.get("mode")) == until:
+            return lines
+
+
+def spawn(args: list[str], env: dict[str, str] | None, log: Path | None) -> subprocess.Popen:
+    """A child process writing to log (appended), or to nowhere."""
+    if log is None:
+        return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, cwd=ROOT)
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=ROOT)
+
+
+def open_log(log: Path):
+    return log.open("ab")
+
+
+async def run_child(args: list[str], env: dict[str, str], log: Path, until: str | None, timeout: float,
+                    on_line=None) -> list[dict]:
+    with open_log(log) as err:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=err,
+            stdin=asyncio.subprocess.DEVNULL, cwd=ROOT)
+        try:
+            return await read_json_lines(process, until, timeout, on_line)
+        finally:
+            if process.returncode is None:
+                try:
+                    await asyncio.wait_for(process.wait(), 5)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def fold_rate(settings: Settings, n: int, log_dir: Path, profile: str | None, out_dir: Path,
+                    meter: CpuMeter) -> tuple[dict, tuple[float, dict[str, float]] | None]:
+    """The fold worker child's reports, and CPU per component from its first batch to its last report."""
+    env = child_env(**settings_env(settings), BENCH_EXPECT=str(n), BENCH_IDLE_S="3")
+    if profile == "cprofile":
+        env["BENCH_PROFILE"] = str(out_dir / "fold_worker.prof")
+    spy: dict[str, asyncio.subprocess.Process] = {}
+    cpu: list[tuple[float, dict[str, float]]] = []
+
+    async def on_line(line: dict) -> None:
+        if line.get("phase") == "started":
+            meter.roles = {line["pid"]: "fold worker"}
+            meter.start()
+            if profile == "py-spy":
+                spy["p"] = await asyncio.create_subprocess_exec(
+                    str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(line["pid"]), "-r", "200",
+                    *(["--native"] if os.environ.get("BENCH_SPY_NATIVE") else []),
+                    "--format", "raw", "-o", str(out_dir / "fold_worker.spy.txt"),
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        elif line.get("phase") == "all":
+            cpu.append(meter.stop())
+
+    lines = await run_child(["-m", "bench.fold_worker"], env, log_dir / "fold_worker.log", "all",
+                            timeout=60 + n / 100, on_line=on_line)
+    if "p" in spy:
+        await asyncio.wait_for(spy["p"].wait(), 30)
+    return {line["phase"]: line for line in lines}, (cpu[0] if cpu else None)
+
+
+async def baseline(mode: str, bootstrap: str, topic: str, n: int, partitions: int, log_dir: Path,
+                   loglevel: str = "info") -> dict:
+    lines = await run_child(["-m", "bench.faust_baselines", mode, bootstrap, topic, str(n), str(partitions)],
+                            child_env(BENCH_LOGLEVEL=loglevel), log_dir / f"baseline_{mode}.log", mode, timeout=60 + n / 200)
+    return lines[-1]
+
+
+# ---------------------------------------------------------------- profiles
+
+# Ordered: the first rule whose every marker occurs in a busy stack names the sample's category.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fold_batch: decode_state (table bytes → state)", ("fold_batch", "decode_state")),
+    ("fold_batch: envelope decode", ("fold_batch", "codec.py")),
+    ("fold_batch: pure fold and the rest", ("fold_batch",)),
+    ("encode_state (state → table bytes)", ("encode_state",)),
+    ("effects: Effects.run (rules, responders, sender)", ("Effects.run",)),
+    ("effects: envelope decode of every record", ("_decode_effect",)),
+    ("produce: aiokafka producer + sender", ("aiokafka/producer",)),
+    ("produce: faust send path (Topic.send, changelog, FutureMessage)", ("faust/topics.py",)),
+    ("produce: faust send path (Topic.send, changelog, FutureMessage)", ("faust/channels.py",)),
+    ("produce: faust send path (Topic.send, changelog, FutureMessage)", ("send_changelog",)),
+    ("produce: faust send path (Topic.send, changelog, FutureMessage)", ("faust/transport/producer.py",)),
+    ("consume: fetch, deliver, ack (aiokafka/faust consumer, streams)", ("aiokafka/consumer",)),
+    ("consume: fetch, deliver, ack (aiokafka/faust consumer, streams)", ("faust/transport/consumer.py",)),
+    ("consume: fetch, deliver, ack (aiokafka/faust consumer, streams)", ("faust/transport/conductor.py",)),
+    ("consume: fetch, deliver, ack (aiokafka/faust consumer, streams)", ("faust/streams.py",)),
+    ("consume: fetch, deliver, ack (aiokafka/faust consumer, streams)", ("faust/agents/",)),
+    ("network: aiokafka client/connection, asyncio transports", ("aiokafka/",)),
+    ("network: aiokafka client/connection, asyncio transports", ("selector_events.py",)),
+    ("table: faust table get/set, sensors", ("faust/tables/",)),
+    ("table: faust table get/set, sensors", ("faust/sensors/",)),
+    ("projector: psycopg", ("psycopg/",)),
+    ("projector: row builders", ("writers/conversations.py",)),
+    ("api: uvicorn/fastapi/starlette", ("uvicorn/",)),
+    ("api: uvicorn/fastapi/starlette", ("starlette/",)),
+    ("api: uvicorn/fastapi/starlette", ("fastapi/",)),
+    ("logging", ("logging/",)),
+    ("logging", ("structlog/",)),
+    ("asyncio loop and everything else", ()),
+)
+
+IDLE = ("EpollSelector.select", "Condition.wait", "select (selectors", "_wait_for_tstate_lock")
+
+
+def spy_top(path: Path, limit: int = 25) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]], Counter]:
+    """py-spy raw (collapsed) stacks → busy samples, top self frames, top inclusive frames, categories."""
+    own: Counter = Counter()
+    inclusive: Counter = Counter()
+    categories: Counter = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(count)
+        frames = [f for f in stack.split(";") if not f.startswith("process ") and not f.startswith("thread ")]
+        if not frames or frames[-1].startswith(IDLE):
+            continue  # waiting, not working: percentages are of busy samples
+        total += samples
+        joined = ";".join(frames)
+        categories[next(name for name, markers in CATEGORIES if all(m in joined for m in markers))] += samples
+        own[_short(frames[-1])] += samples
+        for frame in {_short(f) for f in frames}:
+            inclusive[frame] += samples
+    return total, own.most_common(limit), inclusive.most_common(limit), categories
+
+
+def _short(frame: str) -> str:
+    """'fn (/long/path/site-packages/pkg/mod.py:12)' → 'fn (pkg/mod.py:12)'."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", str(ROOT) + "/", "lib/python3.11/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where})" if where else name
+
+
+def cprofile_top(path: Path, limit: int = 25) -> str:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(limit)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- report
+
+def latency_table(result: LatencyResult) -> Table:
+    ok = [d for d in result.deliveries if d.status == 200]
+    table = Table(title=f"2. Webhook → visible, open loop {result.rate}/s for {result.seconds:.0f} s "
+                        f"({len(result.deliveries)} deliveries, {result.contacts} rotating contacts)")
+    for col in ("measure", "n", "p50", "p95", "p99", "max", "missing"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+
+    def row(name: str, values: list[float], expected: int) -> None:
+        if values:
+            table.add_row(name, str(len(values)), ms(pct(values, .5)), ms(pct(values, .95)), ms(pct(values, .99)),
+                          ms(max(values)), str(expected - len(values)))
+        else:
+            table.add_row(name, "0", "-", "-", "-", "-", str(expected))
+
+    row("POST /v1/webhooks/whatsapp answered 200", [d.answered - d.scheduled for d in ok], len(result.deliveries))
+    row("inbound turn in read model (SQL, all)", [d.visible_sql - d.scheduled for d in ok if d.visible_sql],
+        len(ok))
+    sampled = [d for d in ok if d.sampled]
+    row(f"inbound turn via GET /v1/conversations/{{contact}} (1 in {result.sample_every})",
+        [d.visible_api - d.scheduled for d in sampled if d.visible_api], len(sampled))
+    row("reply sent in read model (SQL, all)", [d.replied_sql - d.scheduled for d in ok if d.replied_sql], len(ok))
+    return table
+
+
+def latency_trend(result: LatencyResult, windows: int = 4) -> str:
+    """p50 of the SQL visibility latency per window of send time: flat when sustained, rising when not."""
+    ok = [d for d in result.deliveries if d.status == 200]
+    if not ok:
+        return ""
+    start, span = ok[0].scheduled, result.seconds / windows
+    parts = []
+    for w in range(windows):
+        chunk = [d for d in ok if start + w * span <= d.scheduled < start + (w + 1) * span]
+        seen = [d.visible_sql - d.scheduled for d in chunk if d.visible_sql]
+        parts.append(f"{w * span:.0f}–{(w + 1) * span:.0f} s: "
+                     + (f"p50 {ms(pct(seen, .5))}" if seen else "none") + f" ({len(chunk) - len(seen)} missing)")
+    return "inbound-turn latency by send time: " + "; ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=5_000, help="events for ingest → projection (1)")
+    parser.add_argument("--contacts", type=int, default=0, help="contacts for (1) and (3); default events / 5")
+    parser.add_argument("--fold-events", type=int, default=0, help="pre-loaded records for (3) and (4); default --events")
+    parser.add_argument("--rate", type=int, default=500, help="webhook deliveries per second for (2)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the open-loop run (2)")
+    parser.add_argument("--latency-contacts", type=int, default=2000, help="rotating contacts for (2)")
+    parser.add_argument("--drain", type=float, default=20.0, help="seconds (2) waits after the last delivery is due")
+    parser.add_argument("--max-inflight", type=int, default=64, help="most open webhook POSTs in (2)")
+    parser.add_argument("--get-budget", type=int, default=200, help="most GET /v1/conversations per second in (2)")
+    parser.add_argument("--baseline-loglevel", default="info",
+                        help="Faust log level of the baselines; info as the worker (error: root logger at DEBUG)")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (Baton's default)")
+    parser.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none",
+                        help="profile the fold worker child in (3); py-spy also samples worker/projector/api in (1)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ingest,latency,fold,baselines")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, profiles)")
+    args = parser.parse_args()
+    asyncio.run(run(args))
+
+
+async def run(args: argparse.Namespace) -> None:
+    n = args.events
+    contacts = args.contacts or max(1, n // 5)
+    fold_n = args.fold_events or n
+    skip = set(filter(None, args.skip.split(",")))
+    run_id = uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="baton-bench-"))
+    log_dir = tmp / "logs"
+    log_dir.mkdir(parents=True)
+    profile = None if args.profile == "none" else args.profile
+    t_all = time.perf_counter()
+    cpu_rows: dict[str, tuple[float, dict[str, float]]] = {}
+    notes: list[str] = []
+    console.print(f"[dim]bench run {run_id}: temp dir {tmp}; code {code_version()}[/dim]", highlight=False)
+
+    broker = EmbeddedBroker().start(log_dir / "broker.log")
+    postgres = EmbeddedPostgres(tmp / "pgdata").start()
+    try:
+        base = Settings(
+            kafka_bootstrap_servers=broker.bootstrap_servers, database_url=postgres.fresh_database("bench"),
+            broker_profile="embedded", app_id=f"bench-{run_id}", topic_prefix=f"bench-{run_id}.",
+            topic_partitions=args.partitions, tenants_file=ROOT / "examples" / "tenants.toml",
+            data_dir=tmp / "runtime", api_port=free_port(),  # log_level stays "info", as `baton dev` runs
+        )
+        ingest = lat = None
+        projector_batches: list[list[float]] = []
+        spy_roles: list[tuple[str, Path]] = []
+        if not {"ingest", "latency"} <= skip:
+            runtime = Runtime(base)
+            try:
+                with console.status("starting worker, projector (timed) and API…"):
+                    runtime.start(roles=("worker", "api"))
+                    probe_out = tmp / "projector_batches.json"
+                    runtime.processes["projector"] = spawn(
+                        [sys.executable, "-m", "bench.projector_probe"],
+                        child_env(**settings_env(runtime.settings), BENCH_PROJECTOR_OUT=str(probe_out)),
+                        runtime.log_dir / "projector.log")
+                    token = issue_token(runtime.settings, TENANT)
+                    warm_s = await warm_up(runtime, token)
+                console.print(f"[dim]warm-up message answered end to end in {warm_s:.1f} s[/dim]")
+                roles = {p.pid: role for role, p in runtime.processes.items()}
+                postmaster = int((tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
+                spies = []
+                if profile == "py-spy":
+                    for role, process in runtime.processes.items():
+                        out = tmp / f"{role}.spy.txt"
+                        spies.append(spawn(
+                            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(process.pid),
+                             "-r", "100", "--format", "raw", "-o", str(out)], None, None))
+                        spy_roles.append((role, out))
+                if "ingest" not in skip:
+                    with console.status(f"1. ingesting {n} events over HTTP…"):
+                        records_before = await log_records(runtime.settings)
+                        meter = CpuMeter(roles, broker.process.pid, postmaster).start()
+                        ingest = await ingest_to_projection(runtime, token, n, contacts, run_id)
+                        cpu_rows["1. ingest → projection"] = meter.stop()
+                        notes.append("1. " + amplification(records_before, await log_records(runtime.settings), n))
+                    console.print(f"[dim]1. done at {time.perf_counter() - t_all:.0f} s[/dim]")
+                for spy in spies:
+                    spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+                for spy in spies:
+                    spy.wait(30)
+                runtime.check_alive()
+                if "latency" not in skip:
+                    with console.status(f"2. open-loop webhooks at {args.rate}/s for {args.seconds:.0f} s…"):
+                        meter = CpuMeter(roles, broker.process.pid, postmaster).start()
+                        lat = await latency(runtime, token, args.rate, args.seconds, args.latency_contacts, run_id,
+                                            get_budget=args.get_budget, drain_s=args.drain,
+                                            max_inflight=args.max_inflight)
+                        cpu_rows["2. latency run"] = meter.stop()
+                    console.print(f"[dim]2. done at {time.perf_counter() - t_all:.0f} s[/dim]")
+                runtime.check_alive()
+            finally:
+                runtime.stop()
+            if probe_out.exists():
+                projector_batches = json.loads(probe_out.read_text())
+
+        fold = naive = bare = None
+        if "fold" not in skip or "baselines" not in skip:
+            fold_settings = base.model_copy(update={
+                "app_id": f"bench-fold-{run_id}", "topic_prefix": f"bench-fold-{run_id}.", "data_dir": tmp / "fold"})
+            await ensure_topics(fold_settings)
+            raw_topics = [] if "baselines" in skip else [f"bench-naive-{run_id}", f"bench-bare-{run_id}"]
+            await create_topics(base.kafka_bootstrap_servers, raw_topics, args.partitions)
+            envelopes = message_envelopes(fold_n, args.contacts or max(1, fold_n // 5), "3462", run_id)
+            with console.status(f"pre-loading {fold_n} records onto {1 + len(raw_topics)} topics…"):
+                preload_s = await preload(fold_settings, envelopes, raw_topics)
+            console.print(f"[dim]pre-loaded {fold_n} records × {1 + len(raw_topics)} topics in {preload_s:.1f} s "
+                          f"({fold_n * (1 + len(raw_topics)) / preload_s:,.0f} rec/s, one record per batch)[/dim]")
+            if "fold" not in skip:
+                with console.status("3. the Baton worker folding the pre-loaded records…"):
+                    postmaster = int((tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
+                    fold, fold_cpu = await fold_rate(fold_settings, fold_n, log_dir, profile, tmp,
+                                                     CpuMeter({}, broker.process.pid, postmaster))
+                    if fold_cpu:
+                        cpu_rows["3. fold worker, first batch → idle"] = fold_cpu
+                    notes.append("3. " + amplification({}, await log_records(fold_settings), fold_n))
+                    for table_name in ("sessions", "effects"):
+                        records, same, empty = await redundant_writes(fold_settings, table_name)
+                        notes.append(f"3. {table_name} changelog: {records:,} records; {same:,} "
+                                     f"({100 * same / max(records, 1):.0f}%) identical to the key's previous value, "
+                                     f"{empty:,} ({100 * empty / max(records, 1):.0f}%) first writes of an empty {{}}")
+                console.print(f"[dim]3. done at {time.perf_counter() - t_all:.0f} s[/dim]")
+            if "baselines" not in skip:
+                with console.status("4. naive Faust agent…"):
+                    naive = await baseline("naive", base.kafka_bootstrap_servers, raw_topics[0], fold_n,
+                                           args.partitions, log_dir, args.baseline_loglevel)
+                with console.status("4. bare Faust stream iteration…"):
+                    bare = await baseline("bare", base.kafka_bootstrap_servers, raw_topics[1], fold_n,
+                                          args.partitions, log_dir, args.baseline_loglevel)
+    finally:
+        broker.stop()
+        postgres.stop()
+
+    # ------------------------------------------------------------ print
+    console.print()
+    if ingest:
+        table = Table(title=f"1. Ingest → projection: {ingest.events:,} message.received over POST /v1/events "
+                            f"({ingest.requests} requests of ≤500, {ingest.contacts:,} contacts)")
+        for col in ("stage (from the first POST)", "seconds", "events/s", "note"):
+            table.add_column(col, justify="left" if col.startswith(("stage", "note")) else "right")
+        table.add_row("HTTP ingest accepted (202)", f"{ingest.ingest_s:.2f}", rate(ingest.events, ingest.ingest_s),
+                      "4 requests in flight")
+        table.add_row("all visible in PostgreSQL (Σ messages_received = N)",
+                      f"{ingest.visible_s:.2f}" if ingest.visible_s else "timeout",
+                      rate(ingest.events, ingest.visible_s or 0), f"{ingest.received:,} seen")
+        table.add_row("all replies sent (Σ replies_sent = N)",
+                      f"{ingest.replied_s:.2f}" if ingest.replied_s else "timeout",
+                      rate(ingest.events, ingest.replied_s or 0),
+                      f"{ingest.sent:,} seen; log records per message below")
+        console.print(table)
+    if lat:
+        console.print(latency_table(lat))
+        console.print(f"   {latency_trend(lat)}", highlight=False)
+        ok = sum(d.status == 200 for d in lat.deliveries)
+        errors = Counter("unanswered at the end" if d.status == 0 else d.status
+                         for d in lat.deliveries if d.status != 200)
+        oks = [d for d in lat.deliveries if d.status == 200]
+        first = lat.deliveries[0].scheduled if lat.deliveries else 0.0
+        answered_rate = len(oks) / (max(d.answered for d in oks) - first) if oks else 0.0
+        console.print(
+            f"   {len(lat.deliveries)} deliveries due over {lat.send_s:.2f} s ({lat.late} scheduled >10 ms late by the "
+            f"generator), at most {lat.max_inflight} POSTs open; {ok} answered 200 ({answered_rate:,.0f}/s)"
+            f"{', others ' + str(dict(errors)) if errors else ''}. Latency counts from the due time. "
+            f"{lat.gets} GETs (budget {lat.get_budget}/s, {lat.get_errors} failed), {lat.sql_probes} SQL probes; "
+            f"waited {lat.drain_s:.1f} s after the last due time.", highlight=False)
+    if projector_batches:
+        table = Table(title="Projector batches during 1 + 2 (bench/projector_probe.py)")
+        for col in ("window", "batches", "records", "mean batch", "_project s", "events INSERT s",
+                    "sessions UPSERT s", "offsets s", "rest (decode, commit) s"):
+            table.add_column(col, justify="left" if col == "window" else "right")
+        b = projector_batches
+        total = sum(x[4] for x in b)
+        ev, se, of = sum(x[5] for x in b), sum(x[6] for x in b), sum(x[7] for x in b)
+        recs = sum(x[1] for x in b)
+        table.add_row("whole run", str(len(b)), f"{recs:,}", f"{recs / len(b):,.0f}", f"{total:.2f}",
+                      f"{ev:.2f}", f"{se:.2f}", f"{of:.2f}", f"{total - ev - se - of:.2f}")
+        console.print(table)
+    if fold or naive or bare:
+        table = Table(title=f"3 + 4. Fold rate over {fold_n:,} pre-loaded records, {args.partitions} partitions, "
+                            f"same broker")
+        for col in ("consumer", "records", "seconds", "events/s", "÷ naive", "÷ bare", "note"):
+            table.add_column(col, justify="left" if col in ("consumer", "note") else "right")
+        base_naive = naive["events_per_s"] if naive else None
+        base_bare = bare["events_per_s"] if bare else None
+
+        def ratio(value: float, against: float | None) -> str:
+            return f"{value / against:.2f}×" if against else "-"
+
+        if fold:
+            pre, whole = fold.get("preloaded"), fold.get("all")
+            if pre:
+                table.add_row("Baton worker: conversations.fold (pre-loaded records)", f"{pre['timed_events']:,}",
+                              f"{pre['seconds']:.2f}", f"{pre['events_per_s']:,}", ratio(pre["events_per_s"], base_naive),
+                              ratio(pre["events_per_s"], base_bare),
+                              f"{pre['batches']} batches, mean {pre['mean_batch']}; in fold_batch {pre['fold_batch_s']} s; "
+                              f"worker CPU {pre['cpu_s'] / pre['seconds']:.2f} cores; effects agent running")
+            if whole:
+                table.add_row("Baton worker: everything folded (incl. emitted)", f"{whole['timed_events']:,}",
+                              f"{whole['seconds']:.2f}", f"{whole['events_per_s']:,}",
+                              ratio(whole["events_per_s"], base_naive), ratio(whole["events_per_s"], base_bare),
+                              f"{whole['batches']} batches, mean {whole['mean_batch']}; in fold_batch {whole['fold_batch_s']} s; "
+                              f"worker CPU {whole['cpu_s'] / whole['seconds']:.2f} cores")
+        if naive:
+            table.add_row("naive Faust agent (table[key] += 1)", f"{naive['events']:,}", f"{naive['seconds']:.2f}",
+                          f"{naive['events_per_s']:,}", "1.00×", ratio(naive["events_per_s"], base_bare), "")
+        if bare:
+            table.add_row("bare Faust stream iteration", f"{bare['events']:,}", f"{bare['seconds']:.2f}",
+                          f"{bare['events_per_s']:,}", ratio(bare["events_per_s"], base_naive), "1.00×", "")
+        console.print(table)
+    for note in notes:
+        console.print(f"   {note}", highlight=False)
+    if cpu_rows:
+        names = sorted({name for _, used in cpu_rows.values() for name in used})
+        table = Table(title="CPU used per component (cores = CPU s / wall s; the machine has "
+                            f"{os.cpu_count()})")
+        table.add_column("component")
+        for phase, (wall, _) in cpu_rows.items():
+            table.add_column(f"{phase} ({wall:.1f} s)", justify="right")
+        for name in names:
+            table.add_row(name, *(f"{used.get(name, 0.0):.1f} s = {used.get(name, 0.0) / wall:.2f}"
+                                  for wall, used in cpu_rows.values()))
+        table.add_row("total", *(f"{sum(used.values()):.1f} s = {sum(used.values()) / wall:.2f}"
+                                 for wall, used in cpu_rows.values()))
+        console.print(table)
+    if profile == "py-spy":
+        for role, path in [("fold worker (3)", tmp / "fold_worker.spy.txt"), *((f"{r} (1)", p) for r, p in spy_roles)]:
+            if path.exists():
+                total, own, inclusive, categories = spy_top(path, 60)
+                console.print(f"\n[bold]py-spy {role}: {total} busy samples (idle waits in select/Condition.wait left out)[/bold]")
+                console.print("  by category (first matching rule in CATEGORIES):")
+                for name, count in categories.most_common():
+                    console.print(f"    {100 * count / total:5.1f}%  {name}", highlight=False)
+                console.print("  self:")
+                for frame, count in own[:20]:
+                    console.print(f"    {100 * count / total:5.1f}%  {frame}", highlight=False)
+                console.print("  inclusive:")
+                for frame, count in inclusive[:40]:
+                    if count / total > 0.97:
+                        continue  # the entry chain common to every sample
+                    console.print(f"    {100 * count / total:5.1f}%  {frame}", highlight=False)
+    if profile == "cprofile" and (tmp / "fold_worker.prof").exists():
+        console.print(cprofile_top(tmp / "fold_worker.prof"), highlight=False, markup=False)
+    console.print(f"[dim]whole bench {time.perf_counter() - t_all:.0f} s; logs in {tmp if args.keep else '(removed)'}[/dim]")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

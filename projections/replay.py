@@ -1,0 +1,273 @@
+"""Replay: fold the log again into a shadow schema with the live DDL and writers, and diff it against live."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiokafka import TopicPartition
+from psycopg import AsyncConnection, sql
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from agents.batching import BadRecord, Record, envelope_of, fold_batch
+from agents.folders import conversation_folder
+from agents.folds.conversations import ConversationState
+from projections import ProjectionError
+from projections.migrations import apply_migrations
+from projections.projector import assigned_consumer, domain_topics, load_offsets
+from projections.writers.conversations import event_row, session_row, write_events, write_sessions
+from streams.settings import Settings
+from streams.topics import changelog_topic
+
+LIVE_SCHEMA = "public"
+SHADOW_SCHEMA = "replay_shadow"
+WRITE_CHUNK = 5000
+STALL_S = 30.0
+# Tables diffed, with their keys. projector_offsets and schema_migrations record how far a process got,
+# not what the log says, so they are not read models and are not compared.
+COMPARED: tuple[tuple[str, str], ...] = (("events", "event_id"), ("conversation_sessions", "session_id"))
+# The only columns a faithful rebuild may change: wall-clock time of the write. Everything else, including
+# events.topic/partition/offset (the earliest copy of a redelivered event wins in both), must be equal.
+IGNORED_COLUMNS = frozenset({"projected_at"})
+
+Progress = Callable[[int, int], object]
+MismatchKind = Literal["missing_in_live", "missing_in_shadow", "differs"]
+
+
+class ReplayError(ProjectionError):
+    """Replay could not read the log or build the shadow schema."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """One key whose rows disagree, and for `differs` the columns that do."""
+
+    key: str
+    kind: MismatchKind
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TableDiff:
+    """Shadow versus live for one table."""
+
+    table: str
+    compared: int
+    missing_in_live: int
+    missing_in_shadow: int
+    differing: int
+    samples: tuple[Mismatch, ...]
+
+    @property
+    def mismatches(self) -> int:
+        return self.missing_in_live + self.missing_in_shadow + self.differing
+
+    @property
+    def clean(self) -> bool:
+        return self.mismatches == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What replay read and rebuilt, and with verify, how the rebuild compares with live."""
+
+    schema: str
+    records: int
+    events: int
+    sessions: int
+    not_archived: int
+    not_folded: int
+    verified: bool
+    live_lag: int | None = None
+    tables: tuple[TableDiff, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        return all(table.clean for table in self.tables)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.clean else 1
+
+    def render(self) -> RenderableType:
+        """A rich rendering for the CLI."""
+        summary = Text(
+            f"Replayed {self.records} records into schema {self.schema}: {self.events} events, "
+            f"{self.sessions} sessions ({self.not_archived} records not archived, {self.not_folded} not folded;"
+            " both are in the dead-letter topic)."
+        )
+        if not self.verified:
+            return summary
+        table = Table("table", "compared", "missing in live", "missing in shadow", "differing", title="replay --verify")
+        for diff in self.tables:
+            table.add_row(diff.table, str(diff.compared), str(diff.missing_in_live), str(diff.missing_in_shadow),
+                          str(diff.differing), style=None if diff.clean else "red")
+        lines: list[RenderableType] = [summary, table]
+        if self.live_lag:
+            lines.append(Text(f"The live projector had {self.live_lag} records left to consume; "
+                              "mismatches may only be lag.", style="yellow"))
+        for diff in self.tables:
+            lines.extend(Text(f"{diff.table} {m.kind} {m.key} {', '.join(m.columns)}".rstrip(), style="red")
+                         for m in diff.samples)
+        lines.append(Text("Live read models equal the rebuild." if self.clean else "Live read models differ.",
+                          style="green" if self.clean else "bold red"))
+        return Group(*lines)
+
+
+@dataclass
+class _Rebuild:
+    records: int = 0
+    events: dict[uuid.UUID, tuple] = field(default_factory=dict)
+    sessions: dict[uuid.UUID, ConversationState] = field(default_factory=dict)
+    not_archived: int = 0
+    not_folded: int = 0
+
+
+async def replay(
+    settings: Settings, verify: bool = False, progress: Progress | None = None, *,
+    schema: str = SHADOW_SCHEMA, sample: int = 20,
+) -> ReplayReport:
+    """Rebuild every read model from the log into `schema` (dropped first); with verify, diff it against live."""
+    if schema == LIVE_SCHEMA:
+        raise ReplayError("replay never writes into the live schema")
+    rebuild, lag_ends = await _read_log(settings, progress)
+    async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        await _write_shadow(conn, schema, rebuild)
+        tables: tuple[TableDiff, ...] = ()
+        lag = None
+        if verify:
+            await apply_migrations(conn, LIVE_SCHEMA)
+            stored = await load_offsets(conn)
+            lag = sum(max(0, end - stored.get((tp.topic, tp.partition), 0)) for tp, end in lag_ends.items())
+            tables = tuple([await diff_table(conn, name, key, schema, sample=sample) for name, key in COMPARED])
+    return ReplayReport(
+        schema=schema, records=rebuild.records, events=len(rebuild.events), sessions=len(rebuild.sessions),
+        not_archived=rebuild.not_archived, not_folded=rebuild.not_folded, verified=verify, live_lag=lag,
+        tables=tables,
+    )
+
+
+async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Rebuild, dict[TopicPartition, int]]:
+    """Fold and archive every domain record up to the end offsets seen at start."""
+    folders = {settings.topic("conversations"): conversation_folder(settings)}
+    consumer = await assigned_consumer(settings, domain_topics(settings), f"{settings.app_id}-replay")
+    try:
+        tps = sorted(consumer.assignment())
+        if missing := {tp.topic for tp in tps} - folders.keys():
+            raise ReplayError(f"no fold for topics {sorted(missing)}")
+        changelog = changelog_topic(settings, "sessions")
+        changelog_tps = [TopicPartition(changelog, p) for p in sorted(consumer.partitions_for_topic(changelog) or ())]
+        starts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps + changelog_tps)
+        await consumer.seek_to_beginning(*tps)
+        total = sum(ends[tp] - starts[tp] for tp in tps)
+        rebuild = _Rebuild()
+        states: dict[str, ConversationState | None] = {}
+        pending = {tp for tp in tps if ends[tp] > starts[tp]}
+        if progress:
+            progress(0, total)
+        last_progress = time.monotonic()
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=10_000)
+            for tp, records in batch.items():
+                kept = [r for r in records if r.offset < ends[tp]]
+                _archive(rebuild, tp, kept)
+                result = fold_batch([Record(tp.topic, tp.partition, r.offset, r.key, r.value) for r in kept],
+                                    states.get, folders[tp.topic])
+                for key, state in result.writes:
+                    states[key] = state
+                    rebuild.sessions[state.session_id] = state
+                rebuild.not_folded += len(result.dead)
+                rebuild.records += len(kept)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+            if batch:
+                last_progress = time.monotonic()
+                if progress:
+                    progress(rebuild.records, total)
+            elif time.monotonic() - last_progress > STALL_S:
+                raise ReplayError(f"no records for {STALL_S:.0f} s before the end offsets of {sorted(pending)}")
+        return rebuild, {tp: ends[tp] for tp in [*tps, *changelog_tps]}
+    finally:
+        await consumer.stop()
+
+
+def _archive(rebuild: _Rebuild, tp: TopicPartition, records: Sequence) -> None:
+    for record in records:
+        try:
+            row = event_row(envelope_of(record), tp.topic, tp.partition, record.offset)
+        except BadRecord:
+            rebuild.not_archived += 1
+            continue
+        rebuild.events.setdefault(row[0], row)
+
+
+async def _write_shadow(conn: AsyncConnection, schema: str, rebuild: _Rebuild) -> None:
+    """Drop and recreate the shadow schema with the live migrations and writers, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        await apply_migrations(conn, schema)
+        async with conn.cursor() as cur:
+            for chunk in _chunks(list(rebuild.events.values())):
+                await write_events(cur, chunk, schema)
+            for chunk in _chunks([session_row(state) for state in rebuild.sessions.values()]):
+                await write_sessions(cur, chunk, schema)
+
+
+async def diff_table(
+    conn: AsyncConnection, table: str, key: str, shadow: str, live: str = LIVE_SCHEMA, sample: int = 20
+) -> TableDiff:
+    """Compare one table of two schemas on every column but IGNORED_COLUMNS."""
+    columns = await _columns(conn, live, table)
+    if columns != await _columns(conn, shadow, table):
+        raise ReplayError(f"{live}.{table} and {shadow}.{table} have different columns")
+    compared = [c for c in columns if c != key and c not in IGNORED_COLUMNS]
+    k = sql.Identifier(key)
+    diff = sql.SQL(
+        "SELECT coalesce(l.{k}, s.{k})::text AS key,"
+        " CASE WHEN l.{k} IS NULL THEN 'missing_in_live' WHEN s.{k} IS NULL THEN 'missing_in_shadow'"
+        " WHEN ROW({lc}) IS DISTINCT FROM ROW({sc}) THEN 'differs' ELSE 'same' END AS kind,"
+        " array_remove(ARRAY[{changed}]::text[], NULL) AS columns"
+        " FROM {live} l FULL JOIN {shadow} s ON l.{k} = s.{k}"
+    ).format(
+        k=k,
+        lc=sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in compared),
+        sc=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in compared),
+        changed=sql.SQL(", ").join(
+            sql.SQL("CASE WHEN l.{c} IS DISTINCT FROM s.{c} AND l.{k} = s.{k} THEN {name} END").format(
+                c=sql.Identifier(c), k=k, name=sql.Literal(c))
+            for c in compared
+        ),
+        live=sql.Identifier(live, table), shadow=sql.Identifier(shadow, table),
+    )
+    cur = await conn.execute(sql.SQL("SELECT kind, count(*) FROM ({}) d GROUP BY kind").format(diff))
+    counts = dict(await cur.fetchall())
+    cur = await conn.execute(
+        sql.SQL("SELECT key, kind, columns FROM ({}) d WHERE kind <> 'same' ORDER BY kind, key LIMIT %s").format(diff),
+        (sample,),
+    )
+    samples = tuple(Mismatch(key, kind, tuple(cols)) for key, kind, cols in await cur.fetchall())
+    return TableDiff(
+        table=table, compared=sum(counts.values()), missing_in_live=counts.get("missing_in_live", 0),
+        missing_in_shadow=counts.get("missing_in_shadow", 0), differing=counts.get("differs", 0), samples=samples,
+    )
+
+
+async def _columns(conn: AsyncConnection, schema: str, table: str) -> list[str]:
+    cur = await conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+        " ORDER BY ordinal_position",
+        (schema, table),
+    )
+    return [name for (name,) in await cur.fetchall()]
+
+
+def _chunks(rows: list[tuple]) -> Iterator[list[tuple]]:
+    for start in range(0, len(rows), WRITE_CHUNK):
+        yield rows[start:start + WRITE_CHUNK]

@@ -1,0 +1,1 @@
+"""Read-model writers per domain: pure row builders and batched upserts."""

@@ -1,0 +1,33 @@
+"""Event envelope, per-domain payloads, and the one codec (no faust, no psycopg)."""
+
+from schemas.codec import (
+    DOMAINS,
+    Registration,
+    decode,
+    encode,
+    new_event,
+    payload_from_builtins,
+    registration,
+    registration_of,
+    stream_id_for,
+)
+from schemas.envelope import (
+    Envelope,
+    Payload,
+    derived_event_id,
+    emitted,
+    source_event_id,
+)
+from schemas.errors import (
+    DecodeError,
+    SchemaError,
+    UnknownEventType,
+    UnsupportedSchemaVersion,
+)
+
+__all__ = [
+    "DOMAINS", "DecodeError", "Envelope", "Payload", "Registration", "SchemaError",
+    "UnknownEventType", "UnsupportedSchemaVersion", "decode", "derived_event_id", "emitted",
+    "encode", "new_event", "payload_from_builtins", "registration", "registration_of", "source_event_id",
+    "stream_id_for",
+]

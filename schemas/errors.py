@@ -1,0 +1,28 @@
+"""Errors raised by the schemas package."""
+
+
+class SchemaError(Exception):
+    """Base class for every schema, codec and upcasting error."""
+
+
+class DecodeError(SchemaError):
+    """Bytes or a document could not be decoded into a valid envelope."""
+
+
+class UnknownEventType(DecodeError):
+    """The event type is not registered."""
+
+    def __init__(self, event_type: str) -> None:
+        super().__init__(f"unknown event type {event_type!r}")
+        self.event_type = event_type
+
+
+class UnsupportedSchemaVersion(DecodeError):
+    """The schema version of a known type has no decoder or upcaster."""
+
+    def __init__(self, event_type: str, version: int, current: int) -> None:
+        super().__init__(
+            f"unsupported schema_version {version} for {event_type!r} (current is {current})"
+        )
+        self.event_type = event_type
+        self.version = version

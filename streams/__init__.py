@@ -1,0 +1,1 @@
+"""Write side: settings, the Faust app, topics, publisher, HTTP ingest, embedded runtime, CLI."""

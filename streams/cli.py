@@ -1,0 +1,177 @@
+"""The `baton` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from streams.settings import Settings, get_settings
+
+cli = typer.Typer(help="Baton: event-sourced orchestration for AI-agent products.", no_args_is_help=True)
+deadletter_cli = typer.Typer(help="Inspect the dead-letter topic.", no_args_is_help=True)
+cli.add_typer(deadletter_cli, name="deadletter")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _connected_settings(database: bool = True) -> Settings:
+    """Settings naming a broker (and database): the environment's, else those of a running `baton dev`."""
+    settings = get_settings()
+    runtime_file = settings.data_dir / "runtime.json"
+    if not settings.kafka_bootstrap_servers and runtime_file.exists():
+        for key, value in json.loads(runtime_file.read_text()).items():
+            os.environ.setdefault(key, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+    if not settings.kafka_bootstrap_servers or (database and not settings.database_url):
+        needed = "KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL" if database else "KAFKA_BOOTSTRAP_SERVERS"
+        err_console.print(f"[red]Set {needed}, or start `baton dev` first.[/red]")
+        raise typer.Exit(2)
+    return settings
+
+
+@cli.command()
+def dev(
+    port: Annotated[int, typer.Option(help="API port.")] = 8080,
+    demo: Annotated[bool, typer.Option(help="Push signed example WhatsApp conversations through the webhook.")] = False,
+) -> None:
+    """Run broker, PostgreSQL, worker, projector and API on this machine (embedded unless configured)."""
+    from streams.auth import issue_token
+    from streams.runtime import Runtime, RuntimeFailure
+
+    runtime = Runtime(get_settings().model_copy(update={"api_port": port}))
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    try:
+        with console.status("Starting broker, PostgreSQL, worker, projector and API…"):
+            runtime.start()
+        settings = runtime.settings
+        tenants = _tenants(settings)
+        tenant = next(iter(tenants.by_id))
+        token = issue_token(settings, tenant)
+        table = Table(title="Baton is running", show_header=False)
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")
+        table.add_row("API", runtime.api_url)
+        table.add_row("OpenAPI", f"{runtime.api_url}/docs")
+        table.add_row("Webhook", f"{runtime.api_url}/v1/webhooks/whatsapp")
+        table.add_row("Kafka", f"{settings.kafka_bootstrap_servers} ({settings.broker_profile})")
+        table.add_row("PostgreSQL", str(settings.database_url))
+        table.add_row("Logs", str(runtime.log_dir))
+        table.add_row(f"Dev token ({tenant})", token)
+        console.print(table)
+        console.print(f'curl -H "Authorization: Bearer {token}" {runtime.api_url}/v1/conversations', soft_wrap=True)
+        if demo:
+            from streams.demo import run_demo
+
+            contacts = run_demo(runtime.api_url, settings, tenants.by_id[tenant], token)
+            console.print(f"Demo conversations sent for {', '.join(contacts)}; see {runtime.api_url}/v1/conversations")
+        console.print("Press Ctrl-C to stop.")
+        while not stop["requested"]:
+            runtime.check_alive()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except RuntimeFailure as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        with console.status("Stopping…"):
+            runtime.stop()
+        console.print("Stopped.")
+
+
+@cli.command()
+def worker() -> None:
+    """Run the Faust worker (folds and effects) against KAFKA_BOOTSTRAP_SERVERS."""
+    from streams.worker import run_worker
+
+    run_worker(_connected_settings(database=False))
+
+
+@cli.command()
+def projector() -> None:
+    """Run the projector: log → PostgreSQL read models."""
+    from projections.projector import main as run_projector
+
+    run_projector(_connected_settings())
+
+
+@cli.command()
+def api(port: Annotated[Optional[int], typer.Option(help="Port (default BATON_API_PORT).")] = None) -> None:
+    """Serve ingest, webhook and query API."""
+    from streams.server import run_api
+
+    run_api(_connected_settings(), port)
+
+
+@cli.command()
+def token(
+    tenant: Annotated[str, typer.Option(help="Tenant id the token grants access to.")],
+    ttl_days: Annotated[int, typer.Option(min=1, help="Days until the token expires.")] = 30,
+) -> None:
+    """Print a bearer JWT for a tenant, signed with BATON_JWT_SECRET."""
+    from streams.auth import issue_token
+
+    settings = get_settings()
+    tenants = _tenants(settings)
+    if tenants.get(tenant) is None:
+        err_console.print(f"[red]Unknown tenant {tenant!r}; known: {', '.join(tenants.by_id)}[/red]")
+        raise typer.Exit(2)
+    print(issue_token(settings, tenant, ttl_days * 24 * 3600))
+
+
+@cli.command()
+def replay(verify: Annotated[bool, typer.Option(help="Diff the rebuild against the live read models.")] = False) -> None:
+    """Rebuild every read model from the log into a shadow schema (and diff it with --verify)."""
+    from projections.replay import replay as run_replay
+
+    settings = _connected_settings()
+    with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("replay", total=None)
+        report = asyncio.run(run_replay(settings, verify=verify, progress=lambda done, total: bar.update(task, completed=done, total=total)))
+    console.print(report.render())
+    if verify and not report.clean:
+        raise typer.Exit(1)
+
+
+@deadletter_cli.command("list")
+def deadletter_list(limit: Annotated[int, typer.Option(min=1, help="Most recent N.")] = 50) -> None:
+    """Show dead-lettered records with their reasons."""
+    from streams.deadletter import list_dead_letters
+
+    letters = asyncio.run(list_dead_letters(_connected_settings(database=False), limit))
+    table = Table("source", "offset", "stage", "reason", "failed at")
+    for letter in letters:
+        table.add_row(f"{letter.source_topic}[{letter.partition}]", str(letter.offset), letter.stage, letter.reason, str(letter.failed_at))
+    console.print(table if letters else "No dead letters.")
+
+
+def _tenants(settings: Settings):
+    from streams.tenants import load_tenants
+
+    return load_tenants(settings.tenants_file)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Every setting, read once from the environment (BATON_ prefix plus the standard names)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, f"BATON_{name}")
+
+
+class Settings(BaseSettings):
+    """Baton's configuration; each field is documented in the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str | None = Field(None, validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"))
+    database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL"))
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=_env("ANTHROPIC_API_KEY"))
+    anthropic_base_url: str | None = Field(None, validation_alias=_env("ANTHROPIC_BASE_URL"))
+
+    broker_profile: Literal["embedded", "kafka"] = "embedded"
+    app_id: str = "baton"
+    topic_prefix: str = "baton."
+    topic_partitions: int = Field(4, ge=1)
+    topic_replication: int = Field(1, ge=1)
+
+    jwt_secret: SecretStr = SecretStr("baton-dev-secret-change-me-0123456789")
+    whatsapp_app_secret: SecretStr = SecretStr("baton-dev-app-secret")
+    whatsapp_verify_token: str = "baton-dev-verify-token"
+    whatsapp_access_token: SecretStr | None = None
+    whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
+    whatsapp_timeout_s: float = Field(10.0, gt=0)
+    tenants_file: Path = Path(__file__).resolve().parent.parent / "examples" / "tenants.toml"
+
+    classifier_model: str = "claude-haiku-4-5"
+    classifier_timeout_s: float = Field(5.0, gt=0)
+    classifier_input_usd_per_mtok: float = 1.0
+    classifier_output_usd_per_mtok: float = 5.0
+
+    session_timeout_hours: float = Field(24.0, gt=0)
+    max_dialogue_turns: int = Field(50, ge=1)
+    seen_message_ids: int = Field(256, ge=1)
+
+    publish_timeout_s: float = Field(10.0, gt=0)
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+    max_batch_events: int = Field(500, ge=1)
+    worker_batch_max: int = Field(1000, ge=1)
+    worker_batch_within_s: float = Field(0.01, gt=0)
+    fetch_wait_ms: int = Field(200, ge=1, le=10_000)
+    projector_batch_max: int = Field(2000, ge=1)
+    projector_batch_within_s: float = Field(0.01, gt=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path(".baton")
+    log_level: str = "info"
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker is the embedded Tansu build with its known limits."""
+        return self.broker_profile == "embedded"
+
+    def topic(self, domain: str) -> str:
+        """Kafka topic holding one domain's events."""
+        return f"{self.topic_prefix}{domain}"
+
+    @property
+    def deadletter_topic(self) -> str:
+        """Kafka topic for records that failed to decode or fold."""
+        return f"{self.topic_prefix}deadletter"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()
+
+
+_STANDARD_NAMES = {"kafka_bootstrap_servers", "database_url", "anthropic_api_key", "anthropic_base_url"}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce these settings in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        key = name.upper() if name in _STANDARD_NAMES else f"BATON_{name.upper()}"
+        env[key] = str(value)
+    return env

@@ -1,0 +1,314 @@
+"""WhatsApp Cloud API webhooks: signature check, subscription handshake, and normalisation to envelopes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, get_args
+
+import msgspec
+
+from schemas import Envelope, Payload, new_event, source_event_id
+from schemas.conversations import (
+    DeliveryStatus,
+    Location,
+    Media,
+    MessageReceived,
+    MessageType,
+    StatusUpdated,
+)
+from streams.tenants import Tenants
+
+SIGNATURE_PREFIX = "sha256="
+MEDIA_TYPES: frozenset[str] = frozenset({"image", "audio", "video", "document", "sticker"})
+# Message types Baton records with their content; any other type is recorded as "unsupported".
+_WITH_BODY: frozenset[str] = MEDIA_TYPES | {"text", "button", "interactive", "location", "contacts", "reaction"}
+DELIVERY_STATUSES: frozenset[str] = frozenset(get_args(DeliveryStatus))
+
+
+class WebhookError(ValueError):
+    """A webhook body that is not a well-formed WhatsApp Cloud API delivery."""
+
+
+class UnknownPhoneNumber(WebhookError):
+    """A delivery for a business number that no tenant owns."""
+
+    def __init__(self, path: str, phone_number_id: str) -> None:
+        super().__init__(f"{path}: unknown phone_number_id {phone_number_id!r} (no tenant owns it)")
+        self.phone_number_id = phone_number_id
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """The envelopes a delivery becomes, and what it held that Baton does not record (with why)."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def sign(app_secret: str, body: bytes) -> str:
+    """The X-Hub-Signature-256 header value Meta sends for this body."""
+    return SIGNATURE_PREFIX + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(app_secret: str, body: bytes, header: str | None) -> bool:
+    """True when the X-Hub-Signature-256 header is the app secret's HMAC of the exact body."""
+    if not header or not header.startswith(SIGNATURE_PREFIX):
+        return False
+    return hmac.compare_digest(sign(app_secret, body).encode(), header.encode("utf-8", "replace"))
+
+
+def verify_subscription(params: Mapping[str, str], verify_token: str) -> str | None:
+    """The hub.challenge to echo when the GET handshake is a subscribe with our verify token."""
+    challenge = params.get("hub.challenge")
+    token = params.get("hub.verify_token", "")
+    if params.get("hub.mode") != "subscribe" or not challenge:
+        return None
+    return challenge if hmac.compare_digest(token.encode(), verify_token.encode()) else None
+
+
+_AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+
+
+def locate(message: str, prefix: str = "") -> str:
+    """A msgspec error 'X - at `$.a[0]`' rewritten as 'prefix.a[0]: X'."""
+    match = _AT.match(message)
+    path, message = (prefix + match["path"], match["message"]) if match else (prefix, message)
+    path = path.lstrip(".")
+    return f"{path}: {message}" if path else message
+
+
+# Webhook shapes as Meta documents them; fields Baton does not use are ignored.
+UnixSeconds = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,11}$")]
+
+
+class _Text(msgspec.Struct, frozen=True):
+    body: str
+
+
+class _Button(msgspec.Struct, frozen=True):
+    text: str
+    payload: str | None = None
+
+
+class _Reply(msgspec.Struct, frozen=True):
+    id: str
+    title: str
+
+
+class _Interactive(msgspec.Struct, frozen=True):
+    type: str
+    button_reply: _Reply | None = None
+    list_reply: _Reply | None = None
+
+
+class _Media(msgspec.Struct, frozen=True):
+    id: str
+    mime_type: str | None = None
+    sha256: str | None = None
+    filename: str | None = None
+    caption: str | None = None
+
+
+class _Location(msgspec.Struct, frozen=True):
+    latitude: float
+    longitude: float
+    name: str | None = None
+    address: str | None = None
+
+
+class _Name(msgspec.Struct, frozen=True):
+    formatted_name: str | None = None
+
+
+class _SharedContact(msgspec.Struct, frozen=True):
+    name: _Name | None = None
+
+
+class _Reaction(msgspec.Struct, frozen=True):
+    message_id: str
+    emoji: str | None = None
+
+
+class _Context(msgspec.Struct, frozen=True):
+    id: str | None = None
+
+
+class _Message(msgspec.Struct, frozen=True):
+    sender: str = msgspec.field(name="from")
+    id: str
+    timestamp: UnixSeconds
+    type: str
+    context: _Context | None = None
+    text: _Text | None = None
+    button: _Button | None = None
+    interactive: _Interactive | None = None
+    image: _Media | None = None
+    audio: _Media | None = None
+    video: _Media | None = None
+    document: _Media | None = None
+    sticker: _Media | None = None
+    location: _Location | None = None
+    contacts: list[_SharedContact] | None = None
+    reaction: _Reaction | None = None
+
+
+class _StatusError(msgspec.Struct, frozen=True):
+    code: int
+    title: str | None = None
+
+
+class _Status(msgspec.Struct, frozen=True):
+    id: str
+    status: str
+    timestamp: UnixSeconds
+    recipient_id: str
+    errors: list[_StatusError] = []
+
+
+class _Profile(msgspec.Struct, frozen=True):
+    name: str | None = None
+
+
+class _Contact(msgspec.Struct, frozen=True):
+    wa_id: str
+    profile: _Profile | None = None
+
+
+class _Metadata(msgspec.Struct, frozen=True):
+    phone_number_id: str
+
+
+class _Value(msgspec.Struct, frozen=True):
+    metadata: _Metadata
+    contacts: list[_Contact] = []
+    messages: list[_Message] = []
+    statuses: list[_Status] = []
+
+
+class _Change(msgspec.Struct, frozen=True):
+    field: str
+    value: dict[str, Any]
+
+
+class _Entry(msgspec.Struct, frozen=True):
+    changes: list[_Change]
+
+
+class _Delivery(msgspec.Struct, frozen=True):
+    object: str
+    entry: list[_Entry]
+
+
+def normalize(payload: dict[str, Any], tenants: Tenants, received_at: datetime) -> Normalized:
+    """Turn one webhook delivery into envelopes; WebhookError (nothing accepted) if any part is malformed."""
+    delivery = _convert(payload, _Delivery, "")
+    if delivery.object != "whatsapp_business_account":
+        raise WebhookError(f"object: expected 'whatsapp_business_account', got {delivery.object!r}")
+    result = Normalized()
+    for i, entry in enumerate(delivery.entry):
+        for j, change in enumerate(entry.changes):
+            path = f"entry[{i}].changes[{j}]"
+            if change.field != "messages":
+                result.skipped.append(f"{path}: field {change.field!r} is not a messages change")
+                continue
+            _normalize_value(_convert(change.value, _Value, f"{path}.value"), f"{path}.value",
+                             tenants, received_at, result)
+    return result
+
+
+def _normalize_value(value: _Value, path: str, tenants: Tenants, received_at: datetime,
+                     result: Normalized) -> None:
+    phone_number_id = value.metadata.phone_number_id
+    tenant = tenants.for_phone_number_id(phone_number_id)
+    if tenant is None:
+        raise UnknownPhoneNumber(f"{path}.metadata.phone_number_id", phone_number_id)
+    names = {c.wa_id: c.profile.name for c in value.contacts if c.profile}
+    # Meta's `from` may differ from the contact's wa_id (e.g. Brazilian numbers); one contact is the sender.
+    only_name = names.get(value.contacts[0].wa_id) if len(value.contacts) == 1 else None
+    for k, message in enumerate(value.messages):
+        payload = _message_payload(message, f"{path}.messages[{k}]", phone_number_id,
+                                   names.get(message.sender, only_name))
+        result.envelopes.append(
+            _envelope(tenant.id, "whatsapp", message.id, payload, message.timestamp, received_at)
+        )
+    for k, status in enumerate(value.statuses):
+        if status.status not in DELIVERY_STATUSES:
+            result.skipped.append(f"{path}.statuses[{k}]: status {status.status!r} is not a delivery status")
+            continue
+        error = status.errors[0] if status.errors else None
+        payload = StatusUpdated(
+            contact=status.recipient_id,
+            whatsapp_message_id=status.id,
+            status=status.status,  # type: ignore[arg-type]
+            error_code=error.code if error else None,
+            error_title=error.title if error else None,
+        )
+        result.envelopes.append(
+            _envelope(tenant.id, "whatsapp-status", f"{status.id}:{status.status}", payload,
+                      status.timestamp, received_at)
+        )
+
+
+def _message_payload(message: _Message, path: str, phone_number_id: str,
+                     contact_name: str | None) -> MessageReceived:
+    kind, fields = _message_fields(message, path)
+    return MessageReceived(
+        contact=message.sender,
+        whatsapp_message_id=message.id,
+        message_type=kind,
+        contact_name=contact_name,
+        phone_number_id=phone_number_id,
+        context_message_id=message.context.id if message.context else None,
+        **fields,
+    )
+
+
+def _message_fields(message: _Message, path: str) -> tuple[MessageType, dict[str, Any]]:
+    if message.type not in _WITH_BODY:
+        return "unsupported", {}
+    body = getattr(message, message.type)
+    if body is None:
+        raise WebhookError(f"{path}: type {message.type!r} without its {message.type!r} object")
+    match message.type:
+        case "text":
+            return "text", {"text": body.body}
+        case "button":
+            return "button", {"text": body.text, "reply_id": body.payload}
+        case "interactive":
+            if body.type not in ("button_reply", "list_reply"):
+                return "unsupported", {}
+            reply = getattr(body, body.type)
+            if reply is None:
+                raise WebhookError(f"{path}.interactive: type {body.type!r} without its {body.type!r} object")
+            return "interactive", {"text": reply.title, "reply_id": reply.id}
+        case "location":
+            return "location", {"location": Location(latitude=body.latitude, longitude=body.longitude,
+                                                     name=body.name, address=body.address)}
+        case "contacts":
+            shared = [c.name.formatted_name for c in body if c.name and c.name.formatted_name]
+            return "contacts", {"text": ", ".join(shared) or None}
+        case "reaction":
+            return "reaction", {"text": body.emoji or None, "reaction_to": body.message_id}
+        case _:
+            media = Media(id=body.id, mime_type=body.mime_type, sha256=body.sha256, filename=body.filename)
+            return message.type, {"text": body.caption, "media": media}  # type: ignore[return-value]
+
+
+def _envelope(tenant_id: str, source: str, source_id: str, payload: Payload, timestamp: str,
+              received_at: datetime) -> Envelope:
+    return new_event(
+        tenant_id, payload, event_id=source_event_id(tenant_id, source, source_id),
+        occurred_at=datetime.fromtimestamp(int(timestamp), UTC), recorded_at=received_at, actor="whatsapp",
+    )
+
+
+def _convert(document: Any, kind: type, path: str) -> Any:
+    try:
+        return msgspec.convert(document, kind)
+    except msgspec.ValidationError as exc:
+        raise WebhookError(locate(str(exc), path)) from None

@@ -1,0 +1,322 @@
+"""HTTP ingest and the WhatsApp webhook against the real broker: accepted events land, bad input changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from schemas import Envelope, decode, source_event_id
+from streams.auth import issue_token
+from streams.ingest import ingest_router
+from streams.embedded import EmbeddedBroker
+from streams.publisher import Publisher
+from streams.settings import Settings
+from streams.tenants import load_tenants
+from streams.topics import ensure_topics
+from streams.whatsapp import sign
+
+pytestmark = pytest.mark.integration
+
+CONTACT = "34612345678"
+MAX_BYTES = 4096
+MAX_EVENTS = 5
+
+
+def build_app(settings: Settings, publisher: Any) -> FastAPI:
+    """An app holding only the ingest router, wired the way the server wires it."""
+    app = FastAPI()
+    app.state.settings = settings
+    app.state.publisher = publisher
+    app.state.tenants = load_tenants(settings.tenants_file)
+    app.include_router(ingest_router())
+    return app
+
+
+@pytest.fixture
+def limited(settings: Settings) -> Settings:
+    """The test's settings with small request limits."""
+    return settings.model_copy(update={"max_request_bytes": MAX_BYTES, "max_batch_events": MAX_EVENTS})
+
+
+@pytest.fixture
+async def client(limited: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the ingest router publishing to the real broker."""
+    await ensure_topics(limited)
+    async with Publisher(limited) as publisher:
+        transport = httpx.ASGITransport(app=build_app(limited, publisher))
+        async with httpx.AsyncClient(transport=transport, base_url="http://baton") as http:
+            yield http
+
+
+def _partitions(settings: Settings) -> list[TopicPartition]:
+    return [TopicPartition(settings.topic("conversations"), p) for p in range(settings.topic_partitions)]
+
+
+async def log_size(settings: Settings) -> int:
+    """Records on the conversations topic (exact: the embedded profile writes one record per batch)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return sum((await consumer.end_offsets(_partitions(settings))).values())
+    finally:
+        await consumer.stop()
+
+
+async def read_log(settings: Settings) -> list[Envelope]:
+    """Every envelope on the conversations topic, decoded."""
+    partitions = _partitions(settings)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        expected = sum((await consumer.end_offsets(partitions)).values())
+        await consumer.seek_to_beginning(*partitions)
+        records = []
+        async with asyncio.timeout(10):
+            while len(records) < expected:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records += batch
+        assert all(r.key == decode(r.value).stream_id.encode() for r in records)
+        return [decode(r.value) for r in records]
+    finally:
+        await consumer.stop()
+
+
+def bearer(settings: Settings, tenant: str = "acme") -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(settings, tenant)}"}
+
+
+def event(contact: str = CONTACT, **extra: Any) -> dict[str, Any]:
+    """A valid ingest event: an inbound message from a contact."""
+    return {
+        "type": "conversation.message.received",
+        "occurred_at": "2024-05-01T14:00:00+02:00",
+        "payload": {"contact": contact, "whatsapp_message_id": f"wamid.{uuid.uuid4().hex}",
+                    "message_type": "text", "text": "hola"},
+        **extra,
+    }
+
+
+def webhook(phone_number_id: str = "109876543210") -> dict[str, Any]:
+    """A WhatsApp delivery with one text message and one status."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "34600000001", "phone_number_id": phone_number_id},
+            "contacts": [{"profile": {"name": "Ana"}, "wa_id": CONTACT}],
+            "messages": [{"from": CONTACT, "id": "wamid.in1", "timestamp": "1714564800", "type": "text",
+                          "text": {"body": "¿Abrís hoy?"}}],
+            "statuses": [{"id": "wamid.out1", "status": "delivered", "timestamp": "1714564801",
+                          "recipient_id": CONTACT}],
+        }}]}],
+    }
+
+
+def signed(settings: Settings, document: Any) -> dict[str, Any]:
+    """Request arguments for a webhook POST signed with the app secret."""
+    body = json.dumps(document).encode()
+    signature = sign(settings.whatsapp_app_secret.get_secret_value(), body)
+    return {"content": body, "headers": {"Content-Type": "application/json", "X-Hub-Signature-256": signature}}
+
+
+async def test_one_event_lands_on_the_log_for_the_tokens_tenant(client: httpx.AsyncClient, limited: Settings) -> None:
+    sent = event()
+    response = await client.post("/v1/events", json=sent, headers=bearer(limited))
+    assert response.status_code == 202, response.text
+    (event_id,) = response.json()["event_ids"]
+    (envelope,) = await read_log(limited)
+    assert str(envelope.event_id) == event_id
+    assert envelope.type == "conversation.message.received"
+    assert envelope.tenant_id == "acme"
+    assert envelope.stream_id == f"conversation:acme:{CONTACT}"
+    assert envelope.occurred_at.isoformat() == "2024-05-01T12:00:00+00:00"
+    assert (envelope.actor, envelope.correlation_id, envelope.causation_id) == ("ingest", envelope.event_id, None)
+    assert envelope.payload.whatsapp_message_id == sent["payload"]["whatsapp_message_id"]
+
+
+async def test_batch_keeps_order_ids_and_optional_fields(client: httpx.AsyncClient, limited: Settings) -> None:
+    correlation, cause = uuid.uuid4(), uuid.uuid4()
+    events = [
+        event(source_id="crm-1"),
+        event("34699999999", correlation_id=str(correlation), causation_id=str(cause), actor="crm", schema_version=1),
+        {"type": "conversation.status.updated", "occurred_at": "2024-05-01T12:00:01Z",
+         "payload": {"contact": CONTACT, "whatsapp_message_id": "wamid.out", "status": "read"}},
+    ]
+    response = await client.post("/v1/events", json={"events": events}, headers=bearer(limited, "globex"))
+    assert response.status_code == 202, response.text
+    ids = response.json()["event_ids"]
+    assert ids[0] == str(source_event_id("globex", "ingest", "crm-1"))
+    logged = {str(e.event_id): e for e in await read_log(limited)}
+    assert set(logged) == set(ids)
+    assert {e.tenant_id for e in logged.values()} == {"globex"}
+    second = logged[ids[1]]
+    assert (second.stream_id, second.correlation_id, second.causation_id, second.actor) == (
+        "conversation:globex:34699999999", correlation, cause, "crm")
+    assert logged[ids[2]].type == "conversation.status.updated"
+
+
+async def test_json_array_body_and_retried_source_ids(client: httpx.AsyncClient, limited: Settings) -> None:
+    body = [event(source_id="crm-7"), event(source_id="crm-8")]
+    first = await client.post("/v1/events", json=body, headers=bearer(limited))
+    retry = await client.post("/v1/events", json=body, headers=bearer(limited))
+    assert first.status_code == retry.status_code == 202
+    assert first.json() == retry.json()
+    # At least once: the retry is on the log again with the same ids, so folds skip it.
+    assert sorted(str(e.event_id) for e in await read_log(limited)) == sorted(first.json()["event_ids"] * 2)
+
+
+def _too_big() -> bytes:
+    return json.dumps({"events": [event()] * 40}).encode()
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 1000):
+        yield data[start:start + 1000]
+
+
+def _typed(contact: Any) -> dict[str, Any]:
+    return {"events": [event(), event(), event(), event(contact)]}
+
+
+JSON = {"Content-Type": "application/json"}
+Request = Callable[[Settings], dict[str, Any]]
+
+BAD_EVENTS: list[tuple[str, Request, int, str]] = [
+    ("malformed-json", lambda s: {"content": b'{"type": ', "headers": {**JSON, **bearer(s)}},
+     400, "malformed JSON: Input data was truncated"),
+    ("no-token", lambda s: {"json": event()}, 401, "missing bearer token"),
+    ("bad-token", lambda s: {"json": event(), "headers": {"Authorization": "Bearer nope"}},
+     401, "invalid token: Not enough segments"),
+    ("foreign-token",
+     lambda s: {"json": event(), "headers": bearer(s.model_copy(update={"jwt_secret": SecretStr("x" * 40)}))},
+     401, "invalid token: Signature verification failed"),
+    ("size-declared", lambda s: {"content": _too_big(), "headers": {**JSON, **bearer(s)}},
+     413, f"body of {len(_too_big())} bytes exceeds the limit of {MAX_BYTES} bytes"),
+    ("size-streamed", lambda s: {"content": _chunks(_too_big()), "headers": {**JSON, **bearer(s)}},
+     413, f"body exceeds the limit of {MAX_BYTES} bytes"),
+    ("count", lambda s: {"json": [event()] * (MAX_EVENTS + 1), "headers": bearer(s)},
+     413, f"{MAX_EVENTS + 1} events exceed the limit of {MAX_EVENTS} per request"),
+    ("content-type", lambda s: {"content": json.dumps(event()), "headers": {"Content-Type": "text/plain", **bearer(s)}},
+     415, "Content-Type must be application/json, got 'text/plain'"),
+    ("field", lambda s: {"json": _typed(34612345678), "headers": bearer(s)},
+     422, "events[3].payload.contact: Expected `str`, got `int`"),
+    ("missing-field", lambda s: {"json": [event(), {"type": "conversation.message.received", "payload": {}}],
+                                 "headers": bearer(s)},
+     422, "[1]: Object missing required field `occurred_at`"),
+    ("naive-time", lambda s: {"json": event(occurred_at="2024-05-01T12:00:00"), "headers": bearer(s)},
+     422, "occurred_at: Expected `datetime` with a timezone component"),
+    ("unknown-type", lambda s: {"json": {"events": [event(), event(type="conversation.message.deleted")]},
+                                "headers": bearer(s)},
+     422, "events[1].type: unknown event type 'conversation.message.deleted'"),
+    ("not-ingestible", lambda s: {"json": event(type="conversation.reply.sent"), "headers": bearer(s)},
+     422, "type: 'conversation.reply.sent' is emitted by Baton, not ingestible"),
+    ("schema-version", lambda s: {"json": event(schema_version=2), "headers": bearer(s)},
+     422, "schema_version: unsupported schema_version 2 for 'conversation.message.received' (current is 1)"),
+    ("tenant-in-body", lambda s: {"json": event(tenant_id="globex"), "headers": bearer(s)},
+     422, "Object contains unknown field `tenant_id`"),
+    ("empty-batch", lambda s: {"json": {"events": []}, "headers": bearer(s)},
+     422, "events: Expected `array` of length >= 1"),
+    ("not-an-object", lambda s: {"json": {"events": [event(), "x"]}, "headers": bearer(s)},
+     422, "events[1]: Expected `object`, got `str`"),
+]
+
+BAD_WEBHOOKS: list[tuple[str, Request, int, str]] = [
+    ("bad-signature", lambda s: {**signed(s, webhook()), "content": json.dumps(webhook()).encode() + b" "},
+     401, "X-Hub-Signature-256 does not match the body"),
+    ("wrong-secret", lambda s: signed(s.model_copy(update={"whatsapp_app_secret": SecretStr("other")}), webhook()),
+     401, "X-Hub-Signature-256 does not match the body"),
+    ("no-signature", lambda s: {"json": webhook()}, 401, "missing X-Hub-Signature-256 header"),
+    ("unknown-number", lambda s: signed(s, webhook("999000")),
+     422, "entry[0].changes[0].value.metadata.phone_number_id: unknown phone_number_id '999000' (no tenant owns it)"),
+    ("structural", lambda s: signed(s, {"object": "whatsapp_business_account"}),
+     422, "Object missing required field `entry`"),
+    ("malformed-json", lambda s: {
+        "content": b"{oops", "headers": {**JSON, "X-Hub-Signature-256": sign(s.whatsapp_app_secret.get_secret_value(),
+                                                                                b"{oops")}},
+     400, "malformed JSON: JSON is malformed: object keys must be strings (byte 1)"),
+    ("content-type", lambda s: {
+        **signed(s, webhook()),
+        "headers": {**signed(s, webhook())["headers"], "Content-Type": "application/x-www-form-urlencoded"}},
+     415, "Content-Type must be application/json, got 'application/x-www-form-urlencoded'"),
+    ("size", lambda s: signed(s, {"pad": "x" * MAX_BYTES}),
+     413, f"body of {MAX_BYTES + 11} bytes exceeds the limit of {MAX_BYTES} bytes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "request_args", "status", "detail"),
+    [pytest.param("/v1/events", *case[1:], id=f"events-{case[0]}") for case in BAD_EVENTS]
+    + [pytest.param("/v1/webhooks/whatsapp", *case[1:], id=f"webhook-{case[0]}") for case in BAD_WEBHOOKS],
+)
+async def test_bad_input_gets_a_precise_4xx_and_leaves_the_log_unchanged(
+    client: httpx.AsyncClient, limited: Settings, url: str, request_args: Request, status: int, detail: str
+) -> None:
+    assert (await client.post("/v1/events", json=event(), headers=bearer(limited))).status_code == 202
+    before = await log_size(limited)
+    response = await client.post(url, **request_args(limited))
+    assert (response.status_code, response.json()) == (status, {"detail": detail})
+    assert await log_size(limited) == before == 1
+
+
+async def test_webhook_delivery_lands_on_the_log_for_the_numbers_tenant(
+    client: httpx.AsyncClient, limited: Settings
+) -> None:
+    response = await client.post("/v1/webhooks/whatsapp", **signed(limited, webhook("209876543210")))
+    assert (response.status_code, response.json()) == (200, {"accepted": 2, "skipped": []})
+    redelivered = await client.post("/v1/webhooks/whatsapp", **signed(limited, webhook("209876543210")))
+    assert redelivered.status_code == 200
+    logged = await read_log(limited)
+    assert {(e.tenant_id, e.stream_id) for e in logged} == {("globex", f"conversation:globex:{CONTACT}")}
+    # Redelivery is on the log again with the same ids, so folds skip it.
+    assert sorted(str(e.event_id) for e in logged) == sorted(2 * [
+        str(source_event_id("globex", "whatsapp", "wamid.in1")),
+        str(source_event_id("globex", "whatsapp-status", "wamid.out1:delivered")),
+    ])
+    assert {e.type for e in logged} == {"conversation.message.received", "conversation.status.updated"}
+
+
+async def test_webhook_with_nothing_recordable_is_acknowledged(client: httpx.AsyncClient, limited: Settings) -> None:
+    document = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "message_template_status_update", "value": {"event": "APPROVED"}}]}]}
+    response = await client.post("/v1/webhooks/whatsapp", **signed(limited, document))
+    assert (response.status_code, response.json()) == (200, {"accepted": 0, "skipped": [
+        "entry[0].changes[0]: field 'message_template_status_update' is not a messages change"]})
+    assert await log_size(limited) == 0
+
+
+async def test_webhook_handshake(client: httpx.AsyncClient, limited: Settings) -> None:
+    params = {"hub.mode": "subscribe", "hub.verify_token": limited.whatsapp_verify_token, "hub.challenge": "1158201444"}
+    ok = await client.get("/v1/webhooks/whatsapp", params=params)
+    assert (ok.status_code, ok.text, ok.headers["content-type"]) == (200, "1158201444", "text/plain; charset=utf-8")
+    refused = await client.get("/v1/webhooks/whatsapp", params={**params, "hub.verify_token": "guess"})
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": "verification failed: needs hub.mode=subscribe, the configured "
+                                        "hub.verify_token and a hub.challenge"}
+
+
+async def test_broker_gone_is_503_after_the_publish_timeout(limited: Settings) -> None:
+    broker = EmbeddedBroker().start()
+    settings = limited.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers, "publish_timeout_s": 2})
+    try:
+        await ensure_topics(settings)
+        async with Publisher(settings) as publisher:
+            broker.stop()
+            transport = httpx.ASGITransport(app=build_app(settings, publisher))
+            async with httpx.AsyncClient(transport=transport, base_url="http://baton") as http:
+                events = await http.post("/v1/events", json=event(), headers=bearer(settings))
+                hook = await http.post("/v1/webhooks/whatsapp", **signed(settings, webhook()))
+    finally:
+        broker.stop()
+    for response in (events, hook):
+        assert response.status_code == 503
+        assert response.json()["detail"].startswith("events not stored, retry: ")

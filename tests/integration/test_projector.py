@@ -1,0 +1,346 @@
+"""The projector, the query API and replay against the real broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
+
+from agents.batching import Record, fold_batch
+from agents.folders import conversation_folder
+from agents.folds.conversations import ConversationState, encode_state
+from projections.api import query_router
+from projections.migrations import apply_migrations
+from projections.projector import BatchReport, run_projector
+from projections.replay import Mismatch, replay
+from projections.writers.conversations import (
+    SESSION_COLUMNS,
+    session_row,
+    write_sessions,
+)
+from schemas import Envelope, encode
+from streams.auth import issue_token
+from streams.deadletter import list_dead_letters
+from streams.publisher import producer_options
+from streams.settings import Settings
+from streams.topics import changelog_topic, ensure_topics
+from tests.conversation_logs import conversation
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+Produced = list[tuple[str, bytes | None, bytes | None]]
+
+
+def acme_and_globex() -> list[Envelope]:
+    """Four contacts: a rolled-over session, an expired one, an active one, and one of another tenant."""
+    ana, _ = conversation("acme", "34600000001", [
+        (NOW - timedelta(days=3), "info", True),
+        (NOW - timedelta(minutes=10), "commerce", True),
+        (NOW - timedelta(minutes=9), "support", False),
+    ], name="Ana")
+    bo, _ = conversation("acme", "34600000002", [(NOW - timedelta(days=5), "info", True)])
+    cy, _ = conversation("acme", "34600000003", [(NOW - timedelta(minutes=30), "commerce", True)])
+    gl, _ = conversation("globex", "15550000001", [(NOW - timedelta(minutes=5), "support", False)])
+    return [*ana, *bo, *cy, cy[0], *gl]  # cy[0] again: a redelivered webhook
+
+
+def fold_like_worker(
+    settings: Settings, log: list[Envelope], states: dict[str, ConversationState | None]
+) -> tuple[Produced, dict[uuid.UUID, ConversationState]]:
+    """What the worker writes to the sessions changelog for `log`, and the sessions it ends up with."""
+    topic = settings.topic("conversations")
+    records = [Record(topic, 0, i, e.stream_id.encode(), encode(e)) for i, e in enumerate(log)]
+    result = fold_batch(records, states.get, conversation_folder(settings))
+    assert not result.dead
+    changelog = changelog_topic(settings, "sessions")
+    produced: Produced = []
+    sessions: dict[uuid.UUID, ConversationState] = {}
+    for key, state in result.writes:
+        states[key] = state
+        sessions[state.session_id] = state
+        produced.append((changelog, key.encode(), encode_state(state)))
+    return produced, sessions
+
+
+def on_log(settings: Settings, log: list[Envelope]) -> Produced:
+    return [(settings.topic("conversations"), e.stream_id.encode(), encode(e)) for e in log]
+
+
+async def produce(settings: Settings, records: Produced) -> list:
+    """Send records in order (one per batch on the embedded broker); returns their metadata."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **producer_options(settings))
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=key, value=value) for topic, key, value in records]
+        return list(await asyncio.gather(*futures))
+    finally:
+        await producer.stop()
+
+
+class Projector:
+    """run_projector as a task for the duration of a with block."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = asyncio.Event()
+        self.reports: list[BatchReport] = []
+
+    async def __aenter__(self) -> Projector:
+        self.task = asyncio.create_task(run_projector(self.settings, self.stop, self.reports.append))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 15)
+
+    @property
+    def records(self) -> int:
+        return sum(report.records for report in self.reports)
+
+
+async def eventually(probe: Callable[[], Awaitable[object]], what: str, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    last = None
+    while time.monotonic() < deadline:
+        if last := await probe():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {within_s:.0f} s (last probe: {last!r})")
+
+
+async def query(settings: Settings, statement: str, params: tuple = ()) -> list[tuple]:
+    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        cur = await conn.execute(statement, params)
+        return await cur.fetchall() if cur.description else []
+
+
+async def caught_up(settings: Settings, produced: Produced) -> bool:
+    """True once the stored offsets cover every record produced, per topic."""
+    expected: dict[str, int] = {}
+    for topic, _, _ in produced:
+        expected[topic] = expected.get(topic, 0) + 1
+    try:
+        rows = await query(settings, "SELECT topic, sum(next_offset) FROM projector_offsets GROUP BY topic")
+    except psycopg.errors.UndefinedTable:
+        return False
+    return {topic: int(total) for topic, total in rows} == expected
+
+
+def comparable(row: tuple) -> tuple:
+    return tuple(json.loads(v) if kind == "jsonb" else v for v, (_, kind) in zip(row, SESSION_COLUMNS, strict=True))
+
+
+async def session_rows(settings: Settings) -> dict[uuid.UUID, tuple]:
+    names = ", ".join(name for name, _ in SESSION_COLUMNS)
+    rows = await query(settings, f"SELECT {names} FROM conversation_sessions")
+    return {row[0]: tuple(row) for row in rows}
+
+
+async def test_projector_archives_once_upserts_sessions_and_resumes_from_stored_offsets(settings: Settings):
+    await ensure_topics(settings)
+    log = acme_and_globex()
+    states: dict[str, ConversationState | None] = {}
+    changelog, sessions = fold_like_worker(settings, log, states)
+    produced = on_log(settings, log) + changelog
+    metadata = await produce(settings, produced)
+    unique = {e.event_id for e in log}
+
+    async with Projector(settings) as first:
+        await eventually(lambda: caught_up(settings, produced), "projection of the first log")
+    assert first.records == len(produced)
+
+    counts = await query(settings, "SELECT count(*), count(DISTINCT event_id) FROM events")
+    assert counts == [(len(unique), len(unique))]
+    duplicate_id = next(e.event_id for i, e in enumerate(log) if e.event_id in {x.event_id for x in log[:i]})
+    first_index = next(i for i, e in enumerate(log) if e.event_id == duplicate_id)
+    assert await query(settings, 'SELECT partition, "offset" FROM events WHERE event_id = %s', (duplicate_id,)) == [
+        (metadata[first_index].partition, metadata[first_index].offset)
+    ]
+    assert await session_rows(settings) == {sid: comparable(session_row(s)) for sid, s in sessions.items()}
+    assert len(sessions) == 5  # Ana's rollover leaves her first session behind
+
+    ana = "conversation:acme:34600000001"
+    more, _ = conversation("acme", "34600000001", [(NOW - timedelta(minutes=1), "info", True)], state=states[ana])
+    more_changelog, more_sessions = fold_like_worker(settings, more, states)
+    more_produced = on_log(settings, more) + more_changelog
+    await produce(settings, more_produced)
+
+    async with Projector(settings) as second:
+        await eventually(lambda: caught_up(settings, produced + more_produced), "projection after restart")
+    assert second.records == len(more_produced)  # nothing before the stored offsets is read again
+    assert await query(settings, "SELECT count(*) FROM events") == [(len(unique) + len(more),)]
+    rows = await session_rows(settings)
+    assert len(rows) == 5
+    assert {sid: rows[sid] for sid in more_sessions} == {sid: comparable(session_row(s)) for sid, s in more_sessions.items()}
+
+
+async def test_undecodable_records_are_dead_lettered_and_projection_continues(settings: Settings):
+    await ensure_topics(settings)
+    garbage = b"\xff not an envelope"
+    bad_state = b'{"tenant_id": 1}'
+    changelog = changelog_topic(settings, "sessions")
+    log, _ = conversation("acme", "34600000009", [(NOW, "info", True)])
+    states: dict[str, ConversationState | None] = {}
+    states_produced, _ = fold_like_worker(settings, log, states)
+    produced: Produced = [
+        (settings.topic("conversations"), b"conversation:acme:34600000009", garbage),
+        (changelog, b"conversation:acme:34600000009", bad_state),
+        (changelog, b"conversation:acme:34600000009", None),  # a tombstone is not an error
+        *on_log(settings, log), *states_produced,
+    ]
+    metadata = await produce(settings, produced)
+
+    async with Projector(settings) as projector:
+        await eventually(lambda: caught_up(settings, produced), "projection past the bad records")
+    assert sum(report.dead_letters for report in projector.reports) == 2
+    assert await query(settings, "SELECT count(*) FROM events") == [(len({e.event_id for e in log}),)]
+    assert await query(settings, "SELECT count(*) FROM conversation_sessions") == [(1,)]
+
+    letters = {letter.source_topic: letter for letter in await list_dead_letters(settings, 10)}
+    assert set(letters) == {settings.topic("conversations"), changelog}
+    envelope_letter, state_letter = letters[settings.topic("conversations")], letters[changelog]
+    assert envelope_letter.stage == "projector" and envelope_letter.reason.startswith("decode: invalid envelope")
+    assert (envelope_letter.partition, envelope_letter.offset) == (metadata[0].partition, metadata[0].offset)
+    assert envelope_letter.raw_value() == garbage and envelope_letter.value_encoding == "base64"
+    assert envelope_letter.raw_key() == b"conversation:acme:34600000009"
+    assert state_letter.reason.startswith("decode state:") and state_letter.raw_value() == bad_state
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Callable[[str | None], httpx.AsyncClient]]:
+    """Query API clients over read models written straight from folded states, by tenant."""
+    _, sessions = fold_like_worker(settings, acme_and_globex(), {})
+    await apply_migrations(settings.database_url)
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        async with conn.transaction(), conn.cursor() as cur:
+            await write_sessions(cur, [session_row(s) for s in sessions.values()])
+    app = FastAPI()
+    app.include_router(query_router())
+    app.state.settings = settings
+    async with AsyncConnectionPool(settings.database_url, min_size=1, max_size=2, open=False) as pool:
+        app.state.pool = pool
+        clients: list[httpx.AsyncClient] = []
+
+        def for_tenant(tenant: str | None) -> httpx.AsyncClient:
+            headers = {"Authorization": f"Bearer {issue_token(settings, tenant)}"} if tenant else {}
+            clients.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton",
+                                             headers=headers))
+            return clients[-1]
+
+        yield for_tenant
+        for c in clients:
+            await c.aclose()
+
+
+async def test_api_needs_a_valid_token(client):
+    for path in ("/v1/conversations", "/v1/conversations/34600000001", "/v1/stats/conversations"):
+        assert (await client(None).get(path)).status_code == 401
+        bad = await client(None).get(path, headers={"Authorization": "Bearer not-a-jwt"})
+        assert bad.status_code == 401
+
+
+async def test_api_conversation_is_the_latest_session_and_tenant_scoped(client):
+    response = await client("acme").get("/v1/conversations/34600000001")
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["contact_name"], body["session_number"], body["lane"], body["active"]) == ("Ana", 2, "support", True)
+    assert [c["lane"] for c in body["lane_history"]] == ["commerce", "support"]
+    assert [(t["role"], t["status"]) for t in body["dialogue"]] == [
+        ("contact", None), ("agent", "sent"), ("contact", None), ("agent", "failed")]
+    assert body["routed"] == {"info": 0, "commerce": 1, "support": 1}
+    assert len(body["previous_session_ids"]) == 1
+    assert (await client("globex").get("/v1/conversations/34600000001")).status_code == 404
+    assert (await client("acme").get("/v1/conversations/15550000001")).status_code == 404
+    assert (await client("globex").get("/v1/conversations/15550000001")).status_code == 200
+
+
+async def test_api_lists_filters_and_pages(client):
+    acme = client("acme")
+
+    async def contacts(**params) -> list[str]:
+        response = await acme.get("/v1/conversations", params=params)
+        assert response.status_code == 200, response.text
+        return [item["contact"] for item in response.json()["items"]]
+
+    assert await contacts() == ["34600000001", "34600000003", "34600000002"]
+    assert await contacts(lane="support") == ["34600000001"]
+    assert await contacts(lane="info") == ["34600000002"]
+    assert await contacts(active="true") == ["34600000001", "34600000003"]
+    assert await contacts(active="false") == ["34600000002"]
+    for params in ({"lane": "sales"}, {"limit": 0}, {"limit": 201}, {"cursor": "bm90IGEgY3Vyc29y"}):
+        assert (await acme.get("/v1/conversations", params=params)).status_code == 422, params
+    pages, cursor = [], None
+    while True:
+        body = (await acme.get("/v1/conversations", params={"limit": 1, **({"cursor": cursor} if cursor else {})})).json()
+        pages.append([item["contact"] for item in body["items"]])
+        if (cursor := body["next_cursor"]) is None:
+            break
+    assert pages == [["34600000001"], ["34600000003"], ["34600000002"]]
+    globex = (await client("globex").get("/v1/conversations")).json()
+    assert [item["contact"] for item in globex["items"]] == ["15550000001"]
+
+
+async def test_api_stats(client):
+    acme = (await client("acme").get("/v1/stats/conversations")).json()
+    assert acme == {
+        "sessions": 4, "active_sessions": 2, "contacts": 3, "messages_received": 5,
+        "lanes": {"info": 2, "commerce": 2, "support": 1}, "orchestrated": 5,
+        "replies_sent": 4, "replies_failed": 1, "success_rate": 0.8, "duplicates_dropped": 1,
+    }
+    globex = (await client("globex").get("/v1/stats/conversations")).json()
+    assert (globex["sessions"], globex["success_rate"], globex["lanes"]["support"]) == (1, 0.0, 1)
+    nobody = (await client("initech").get("/v1/stats/conversations")).json()
+    assert (nobody["sessions"], nobody["success_rate"], nobody["messages_received"]) == (0, None, 0)
+
+
+async def test_replay_verify_is_clean_after_projection_and_reports_corruption(settings: Settings):
+    await ensure_topics(settings)
+    log = acme_and_globex()
+    changelog, sessions = fold_like_worker(settings, log, {})
+    domain = on_log(settings, log)
+    domain.insert(3, (settings.topic("conversations"), b"conversation:acme:x", b"garbage"))
+    await produce(settings, domain + changelog)
+    async with Projector(settings):
+        await eventually(lambda: caught_up(settings, domain + changelog), "projection")
+
+    seen: list[tuple[int, int]] = []
+    report = await replay(settings, verify=True, progress=lambda done, total: seen.append((done, total)))
+    assert report.clean and report.exit_code == 0, report.tables
+    assert (report.records, report.not_archived, report.not_folded, report.live_lag) == (len(domain), 1, 1, 0)
+    assert {t.table: t.compared for t in report.tables} == {
+        "events": len({e.event_id for e in log}), "conversation_sessions": len(sessions)}
+    assert seen[0] == (0, len(domain)) and seen[-1] == (len(domain), len(domain))
+
+    session_id = next(iter(sessions))
+    event_id = log[1].event_id
+    await query(settings, "UPDATE conversation_sessions SET messages_received = messages_received + 1"
+                          " WHERE session_id = %s", (session_id,))
+    await query(settings, "DELETE FROM events WHERE event_id = %s", (event_id,))
+    report = await replay(settings, verify=True)
+    assert not report.clean and report.exit_code == 1
+    tables = {t.table: t for t in report.tables}
+    assert tables["conversation_sessions"].samples == (Mismatch(str(session_id), "differs", ("messages_received",)),)
+    assert (tables["events"].missing_in_live, tables["events"].samples) == (1, (Mismatch(str(event_id), "missing_in_live"),))
+    assert "differ" in str(report.render().renderables[-1])
+
+
+async def test_replay_without_verify_builds_the_shadow_schema(settings: Settings):
+    await ensure_topics(settings)
+    log = acme_and_globex()
+    await produce(settings, on_log(settings, log))
+    report = await replay(settings, verify=False)
+    assert (report.verified, report.tables, report.clean) == (False, (), True)
+    assert report.events == len({e.event_id for e in log}) and report.sessions == 5
+    assert await query(settings, "SELECT count(*) FROM replay_shadow.conversation_sessions") == [(5,)]
+    assert await query(settings, "SELECT to_regclass('public.events')") == [(None,)]

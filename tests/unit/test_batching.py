@@ -1,0 +1,87 @@
+"""fold_batch: coalesced writes, session-boundary writes, redelivery versus duplicates, dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from agents.batching import Record, fold_batch
+from agents.folders import conversation_folder
+from agents.folds.conversations import ConversationState
+from schemas import Envelope, encode
+from schemas.conversations import conversation_stream_id
+from streams.settings import Settings
+from tests.conversation_logs import inbound
+
+FOLDER = conversation_folder(Settings())
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+def message(contact: str, wamid: str, at: datetime) -> Envelope:
+    return inbound("acme", contact, wamid, at)
+
+
+def records(envelopes: list[Envelope], first_offset: int = 0) -> list[Record]:
+    return [Record("t", 0, first_offset + i, e.stream_id.encode(), encode(e)) for i, e in enumerate(envelopes)]
+
+
+def run(batch: list[Record], table: dict[str, ConversationState]):
+    result = fold_batch(batch, table.get, FOLDER)
+    for key, state in result.writes:
+        table[key] = state
+    return result
+
+
+def test_one_write_per_key_per_batch() -> None:
+    table: dict[str, ConversationState] = {}
+    result = run(records([message("1", f"w{i}", T0 + timedelta(seconds=i)) for i in range(5)]), table)
+    assert [key for key, _ in result.writes] == [conversation_stream_id("acme", "1")]
+    assert table[conversation_stream_id("acme", "1")].messages_received == 5
+
+
+def test_redelivered_records_change_nothing_but_duplicates_on_the_log_are_counted() -> None:
+    envelopes = [message("1", f"w{i}", T0 + timedelta(seconds=i)) for i in range(3)]
+    table: dict[str, ConversationState] = {}
+    run(records(envelopes), table)
+    before = table[conversation_stream_id("acme", "1")]
+
+    redelivered = run(records(envelopes), table)  # same offsets again, as after a crash
+    assert redelivered.redelivered == 3 and redelivered.emitted == []
+    assert table[conversation_stream_id("acme", "1")] == before
+
+    duplicate = run(records(envelopes[:1], first_offset=10), table)  # WhatsApp delivered it twice
+    state = table[conversation_stream_id("acme", "1")]
+    assert duplicate.redelivered == 0
+    assert (state.messages_received, state.duplicates_dropped) == (3, 1)
+
+
+def test_echoes_of_emitted_events_write_nothing() -> None:
+    table: dict[str, ConversationState] = {}
+    first = run(records([message("1", "a", T0)]), table)
+    echoes = run(records(first.emitted, first_offset=1), table)
+    assert [e.type for e in first.emitted] == ["conversation.session.started", "conversation.routing.requested"]
+    assert echoes.folded == 2 and echoes.writes == [] and echoes.emitted == []
+
+
+def test_session_rollover_writes_the_ended_session_first() -> None:
+    table: dict[str, ConversationState] = {}
+    batch = records([message("1", "a", T0), message("1", "b", T0 + timedelta(hours=25))])
+    result = run(batch, table)
+    (_, ended), (_, current) = result.writes
+    assert ended.session_id != current.session_id
+    assert ended.messages_received == 1 and current.session_number == 2
+
+
+def test_bad_records_become_dead_letters_and_the_rest_is_folded() -> None:
+    good = records([message("1", "a", T0)])[0]
+    batch = [
+        Record("t", 0, 0, b"conversation:acme:1", b"{not json"),
+        Record("t", 0, 1, None, b"{}"),
+        Record("t", 0, 2, b"conversation:acme:other", good.value),
+        Record("t", 0, 3, good.key, good.value),
+    ]
+    result = run(batch, {})
+    reasons = [reason for _, reason in result.dead]
+    assert reasons[0].startswith("decode: invalid envelope")
+    assert reasons[1] == "record has no key or no value"
+    assert "differs from stream_id" in reasons[2]
+    assert result.folded == 1

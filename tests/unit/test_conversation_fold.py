@@ -1,0 +1,382 @@
+"""The conversation fold: sessions, 24 h rollover, duplicates, replies and replay determinism."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from msgspec.structs import replace
+
+from agents.folds.conversations import (
+    ConversationState,
+    FoldConfig,
+    FoldError,
+    encode_state,
+    fold,
+)
+from schemas import Envelope, derived_event_id, emitted, source_event_id
+from schemas.conversations import (
+    Location,
+    MessageReceived,
+    MessageRouted,
+    ReplyFailed,
+    ReplyRequested,
+    ReplySent,
+    StatusUpdated,
+    TicketOpened,
+    conversation_stream_id,
+)
+
+TENANT = "acme"
+CONTACT = "34600111222"
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+CONFIG = FoldConfig()
+
+
+def envelope(payload, at: datetime, event_id: uuid.UUID, *, tenant: str = TENANT, type_: str | None = None) -> Envelope:
+    from schemas import registration_of
+
+    return Envelope(
+        event_id=event_id,
+        type=type_ or registration_of(payload).type,
+        schema_version=1,
+        tenant_id=tenant,
+        stream_id=conversation_stream_id(tenant, payload.contact),
+        occurred_at=at,
+        recorded_at=at,
+        correlation_id=event_id,
+        actor="ingest:whatsapp",
+        payload=payload,
+    )
+
+
+def received(wamid: str, at: datetime, text: str | None = "hola", message_type: str = "text", **extra) -> Envelope:
+    payload = MessageReceived(contact=CONTACT, whatsapp_message_id=wamid, message_type=message_type, text=text,
+                              **extra)
+    return envelope(payload, at, source_event_id(TENANT, "whatsapp", wamid))
+
+
+def status(wamid: str, value: str, at: datetime) -> Envelope:
+    payload = StatusUpdated(contact=CONTACT, whatsapp_message_id=wamid, status=value)
+    return envelope(payload, at, source_event_id(TENANT, "whatsapp-status", f"{wamid}:{value}"))
+
+
+def run(events: list[Envelope], config: FoldConfig = CONFIG, state: ConversationState | None = None):
+    """Fold a log in order; returns the final state and everything emitted."""
+    out: list[Envelope] = []
+    for event in events:
+        state, new = fold(state, event, config)
+        out.extend(new)
+    return state, out
+
+
+def reply_cycle(request: Envelope, lane: str, at: datetime) -> list[Envelope]:
+    """What the router and sender effects put on the log for one routing request."""
+    p = request.payload
+    routed = emitted(request, 0, MessageRouted(session_id=p.session_id, contact=p.contact,
+                                               message_event_id=p.message_event_id, lane=lane, method="rules"),
+                     actor="effect:router", occurred_at=at)
+    reply = emitted(request, 2, ReplyRequested(session_id=p.session_id, contact=p.contact,
+                                               in_reply_to=p.message_event_id, lane=lane, text=f"answer {lane}"),
+                    actor="effect:router", occurred_at=at)
+    events = [routed]
+    if lane == "support":
+        events.append(emitted(request, 1, TicketOpened(session_id=p.session_id, contact=p.contact,
+                                                       message_event_id=p.message_event_id,
+                                                       ticket_id=f"T-{p.message_event_id.hex[:8]}", summary=p.text),
+                              actor="effect:router", occurred_at=at))
+    return [*events, reply]
+
+
+def sent(reply: Envelope, wamid: str, at: datetime) -> Envelope:
+    p = reply.payload
+    return emitted(reply, 0, ReplySent(session_id=p.session_id, contact=p.contact, reply_event_id=reply.event_id,
+                                       whatsapp_message_id=wamid, sender="log"),
+                   actor="effect:sender", occurred_at=at)
+
+
+def test_first_message_starts_a_session_and_requests_routing():
+    message = received("wamid.1", T0, "¿Cuál es el horario?", contact_name="Ana")
+    state, out = fold(None, message, CONFIG)
+
+    assert [e.type for e in out] == ["conversation.session.started", "conversation.routing.requested"]
+    assert [e.event_id for e in out] == [derived_event_id(message.event_id, 0), derived_event_id(message.event_id, 1)]
+    assert all(e.actor == "fold:conversations" and e.causation_id == message.event_id for e in out)
+    started, routing = out[0].payload, out[1].payload
+    assert started.session_id == state.session_id == uuid.uuid5(message.event_id, "session")
+    assert started.previous_session_id is None
+    assert routing.message_event_id == message.event_id and routing.text == "¿Cuál es el horario?"
+    assert (state.session_number, state.messages_received, state.contact_name) == (1, 1, "Ana")
+    assert state.started_at == state.last_activity_at == T0
+    assert state.expires_at == T0 + timedelta(hours=24)
+    assert [(t.seq, t.role, t.text) for t in state.dialogue] == [(1, "contact", "¿Cuál es el horario?")]
+    assert {str(message.event_id), *(str(e.event_id) for e in out)} <= set(state.applied_event_ids)
+    assert state.seen_message_ids == ["wamid.1"]
+
+
+def test_emitted_events_coming_back_from_the_log_change_nothing():
+    state, out = fold(None, received("wamid.1", T0), CONFIG)
+    after, more = run(out, state=state)
+    assert more == [] and after == state
+
+
+def test_activity_within_timeout_keeps_the_session_and_extends_expiry():
+    first = received("wamid.1", T0)
+    at_expiry = received("wamid.2", T0 + timedelta(hours=24))
+    state, out = run([first, at_expiry])
+    assert state.session_number == 1 and state.messages_received == 2
+    assert state.expires_at == T0 + timedelta(hours=48)
+    assert [e.type for e in out].count("conversation.session.started") == 1
+
+
+def test_message_after_24h_of_inactivity_rolls_over_to_a_new_session():
+    first = received("wamid.1", T0, "no funciona")
+    state, out = fold(None, first, CONFIG)
+    request = out[1]
+    state, _ = run(reply_cycle(request, "support", T0), state=state)
+    old = state
+
+    late = received("wamid.2", T0 + timedelta(hours=24, seconds=1), "hola otra vez")
+    state, out = fold(state, late, CONFIG)
+
+    assert [e.type for e in out] == [
+        "conversation.session.expired", "conversation.session.started", "conversation.routing.requested"]
+    expired, started = out[0].payload, out[1].payload
+    assert expired.session_id == old.session_id and expired.last_activity_at == T0
+    assert started.previous_session_id == old.session_id
+    assert state.session_id == started.session_id != old.session_id
+    assert state.session_number == 2
+    assert state.started_at == late.occurred_at
+    assert (state.messages_received, state.replies_requested, state.lane, state.tickets, state.routed) == (
+        1, 0, None, [], {})
+    assert [t.text for t in state.dialogue] == ["hola otra vez"] and state.dialogue[0].seq == 1
+    assert old.lane == "support" and old.tickets  # the previous session had them
+
+    # Dedupe survives the rollover: the first webhook redelivered now is still a duplicate.
+    again, out = fold(state, first, CONFIG)
+    assert out == [] and again.duplicates_dropped == 1 and again.session_id == state.session_id
+    assert again.messages_received == 1
+
+
+def test_duplicate_messages_are_counted_and_never_emit():
+    first = received("wamid.1", T0)
+    state, _ = fold(None, first, CONFIG)
+
+    same_event, out = fold(state, first, CONFIG)
+    assert out == [] and same_event.duplicates_dropped == 1
+    assert same_event.dialogue == state.dialogue and same_event.messages_received == 1
+
+    other_route = replace(first, event_id=uuid.uuid4())  # same WhatsApp id reached us another way
+    twice, out = fold(same_event, other_route, CONFIG)
+    assert out == [] and twice.duplicates_dropped == 2 and twice.messages_received == 1
+
+
+def test_duplicate_effect_results_are_skipped_without_counting():
+    state, out = fold(None, received("wamid.1", T0, "precio del café"), CONFIG)
+    cycle = reply_cycle(out[1], "commerce", T0)
+    once, _ = run(cycle, state=state)
+    twice, out = run(cycle, state=once)
+    assert twice == once and out == []
+    assert once.routed == {"commerce": 1} and once.replies_requested == 1
+
+
+def test_non_routable_messages_are_stored_but_not_routed():
+    image = received("wamid.img", T0, "mira esto", "image")
+    sticker = received("wamid.stk", T0 + timedelta(minutes=1), None, "sticker")
+    place = received("wamid.loc", T0 + timedelta(minutes=2), None, "location",
+                     location=Location(latitude=40.4, longitude=-3.7, name="Plaza del Sol"))
+    blank = received("wamid.blank", T0 + timedelta(minutes=3), "   ")
+    state, out = run([image, sticker, place, blank])
+
+    assert "conversation.routing.requested" not in [e.type for e in out]
+    assert [(t.message_type, t.text) for t in state.dialogue] == [
+        ("image", "mira esto"), ("sticker", None), ("location", "Plaza del Sol"), ("text", "   ")]
+    assert state.messages_received == 4
+
+
+def test_button_replies_are_routed():
+    state, out = fold(None, received("wamid.btn", T0, "Ver precios", "button"), CONFIG)
+    assert out[-1].type == "conversation.routing.requested" and out[-1].payload.text == "Ver precios"
+
+
+def test_reply_cycle_sets_lane_ticket_and_agent_turn():
+    message = received("wamid.1", T0, "mi pedido llegó roto")
+    state, out = fold(None, message, CONFIG)
+    cycle = reply_cycle(out[1], "support", T0 + timedelta(seconds=2))
+    reply = cycle[-1]
+    state, _ = run([*cycle, sent(reply, "wamid.out.1", T0 + timedelta(seconds=3))], state=state)
+
+    assert state.lane == "support" and state.routed == {"support": 1}
+    assert [(c.lane, c.message_event_id, c.method) for c in state.lane_history] == [
+        ("support", message.event_id, "rules")]
+    assert state.tickets == [f"T-{message.event_id.hex[:8]}"]
+    assert (state.replies_requested, state.replies_sent, state.replies_failed) == (1, 1, 0)
+    contact, agent = state.dialogue
+    assert contact.lane == "support"
+    assert (agent.seq, agent.role, agent.event_id, agent.text, agent.lane) == (
+        2, "agent", reply.event_id, "answer support", "support")
+    assert (agent.status, agent.whatsapp_message_id) == ("sent", "wamid.out.1")
+
+
+def test_failed_reply_marks_the_turn_failed():
+    state, out = fold(None, received("wamid.1", T0), CONFIG)
+    cycle = reply_cycle(out[1], "info", T0)
+    reply = cycle[-1]
+    failed = emitted(reply, 0, ReplyFailed(session_id=reply.payload.session_id, contact=CONTACT,
+                                           reply_event_id=reply.event_id, reason="whatsapp 400", sender="whatsapp"),
+                     actor="effect:sender")
+    state, _ = run([*cycle, failed], state=state)
+    assert (state.replies_sent, state.replies_failed) == (0, 1)
+    assert state.dialogue[-1].status == "failed"
+
+
+def test_delivery_status_never_regresses_and_failed_wins():
+    state, out = fold(None, received("wamid.1", T0), CONFIG)
+    cycle = reply_cycle(out[1], "info", T0)
+    state, _ = run([*cycle, sent(cycle[-1], "wamid.out", T0)], state=state)
+
+    def turn_status(*statuses: str) -> str:
+        final, _ = run([status("wamid.out", s, T0 + timedelta(seconds=i)) for i, s in enumerate(statuses)],
+                       state=state)
+        return final.dialogue[-1].status
+
+    assert turn_status("delivered") == "delivered"
+    assert turn_status("read", "delivered") == "read"
+    assert turn_status("delivered", "read", "sent") == "read"
+    assert turn_status("read", "failed") == "failed"
+    assert turn_status("failed", "read") == "failed"
+
+
+def test_status_for_unknown_stream_is_ignored():
+    assert fold(None, status("wamid.x", "read", T0), CONFIG) == (None, [])
+
+
+def test_events_of_an_older_session_do_not_touch_the_current_one():
+    state, out = fold(None, received("wamid.1", T0, "precio"), CONFIG)
+    stale_request = out[1]
+    state, _ = fold(state, received("wamid.2", T0 + timedelta(days=2), "hola"), CONFIG)
+    before = state
+
+    routed = reply_cycle(stale_request, "commerce", T0 + timedelta(days=2))[0]
+    state, out = fold(state, routed, CONFIG)
+    assert out == []
+    assert (state.lane, state.routed, state.lane_history) == (None, {}, [])
+    assert str(routed.event_id) in state.applied_event_ids and before.applied_event_ids != state.applied_event_ids
+
+
+def test_dialogue_and_memories_are_bounded_dropping_the_oldest():
+    config = FoldConfig(max_dialogue_turns=5, max_applied_ids=8, max_seen_message_ids=4)
+    messages = [received(f"wamid.{i}", T0 + timedelta(minutes=i), f"mensaje {i}") for i in range(12)]
+    state, _ = run(messages, config)
+    assert [t.text for t in state.dialogue] == [f"mensaje {i}" for i in range(7, 12)]
+    assert [t.seq for t in state.dialogue] == [8, 9, 10, 11, 12]
+    assert state.messages_received == 12
+    assert len(state.applied_event_ids) == 8 and str(messages[-1].event_id) in state.applied_event_ids
+    assert state.seen_message_ids == [f"wamid.{i}" for i in range(8, 12)]
+
+
+def test_fold_does_not_mutate_its_input_state():
+    state, out = fold(None, received("wamid.1", T0), CONFIG)
+    snapshot = encode_state(state)
+    cycle = reply_cycle(out[1], "support", T0)
+    run([*cycle, sent(cycle[-1], "wamid.out", T0), status("wamid.out", "read", T0),
+         received("wamid.1", T0), received("wamid.2", T0 + timedelta(days=3))], state=state)
+    assert encode_state(state) == snapshot
+
+
+def test_non_conversation_event_raises_fold_error():
+    message = received("wamid.1", T0)
+    with pytest.raises(FoldError, match="outbound.message.queued"):
+        fold(None, replace(message, type="outbound.message.queued"), CONFIG)
+    with pytest.raises(FoldError, match="conversation.reply.sent"):
+        fold(None, replace(message, type="conversation.reply.sent"), CONFIG)
+
+
+def test_event_of_another_stream_raises_fold_error():
+    state, _ = fold(None, received("wamid.1", T0), CONFIG)
+    foreign = envelope(MessageReceived(contact=CONTACT, whatsapp_message_id="wamid.g", message_type="text", text="x"),
+                       T0, uuid.uuid4(), tenant="globex")
+    with pytest.raises(FoldError, match="globex"):
+        fold(state, foreign, CONFIG)
+
+
+# Replay determinism ---------------------------------------------------------------------------
+
+GAPS = [timedelta(seconds=5), timedelta(hours=3), timedelta(hours=23, minutes=59),
+        timedelta(hours=24, seconds=1), timedelta(days=3)]
+message_plans = st.tuples(
+    st.sampled_from(GAPS),
+    st.sampled_from(["text", "button", "image", "sticker"]),
+    st.sampled_from(["info", "commerce", "support"]),
+    st.sampled_from(["sent", "failed"]),
+    st.lists(st.sampled_from(["sent", "delivered", "read", "failed"]), max_size=3),
+)
+
+
+def live_log(plans, config: FoldConfig) -> list[Envelope]:
+    """The log a live system writes: inbound events, the fold's emissions echoed back, effect results."""
+    log: list[Envelope] = []
+    state, at = None, T0
+    for n, (gap, message_type, lane, outcome, statuses) in enumerate(plans):
+        at += gap
+        pending = [received(f"wamid.in.{n}", at, f"mensaje {n}", message_type)]
+        while pending:
+            event = pending.pop(0)
+            log.append(event)
+            state, out = fold(state, event, config)
+            pending.extend(out)
+            if event.type == "conversation.routing.requested":
+                cycle = reply_cycle(event, lane, at)
+                reply, wamid = cycle[-1], f"wamid.out.{n}"
+                if outcome == "sent":
+                    cycle.append(sent(reply, wamid, at))
+                    cycle.extend(status(wamid, s, at) for s in statuses)
+                else:
+                    cycle.append(emitted(reply, 0, ReplyFailed(session_id=reply.payload.session_id, contact=CONTACT,
+                                                                reply_event_id=reply.event_id, reason="x",
+                                                                sender="whatsapp"), actor="effect:sender"))
+                pending.extend(cycle)
+    return log
+
+
+def with_duplicates(log: list[Envelope], picks: list[tuple[int, int, bool]]) -> list[Envelope]:
+    """The log with copies re-inserted after their originals (some as webhooks redelivered under a new id)."""
+    result = list(log)
+    for source, offset, new_id in picks:
+        original = log[source % len(log)]
+        copy = original
+        if new_id and original.type == "conversation.message.received":
+            copy = replace(original, event_id=uuid.uuid5(original.event_id, "redelivered"))
+        start = result.index(original) + 1
+        result.insert(start + offset % (len(result) - start + 1), copy)
+    return result
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    plans=st.lists(message_plans, min_size=1, max_size=10),
+    picks=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 10_000), st.booleans()), max_size=12),
+)
+def test_replay_with_duplicates_gives_the_same_state(plans, picks):
+    config = FoldConfig(max_dialogue_turns=6, max_lane_history=3, max_tickets=2)
+    log = live_log(plans, config)
+    clean, clean_out = run(log, config)
+    again, again_out = run(log, config)
+    assert again == clean and again_out == clean_out
+
+    noisy, noisy_out = run(with_duplicates(log, picks), config)
+    assert noisy_out == clean_out
+    assert replace(noisy, duplicates_dropped=0) == replace(clean, duplicates_dropped=0)
+    redelivered = sum(1 for s, _, _ in picks if log[s % len(log)].type == "conversation.message.received")
+    assert noisy.duplicates_dropped <= redelivered
+
+
+def test_state_survives_the_table_codec():
+    plans = [(timedelta(seconds=5), "text", "support", "sent", ["delivered", "read"])] * 3
+    state, _ = run(live_log(plans, CONFIG))
+    decoded = msgspec.json.decode(encode_state(state), type=ConversationState)
+    assert decoded == state

@@ -1,0 +1,183 @@
+"""Effects.run: routing with LLM or rules fallback, answers, tickets, sending; deterministic ids."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from agents.classifier import Classification, ClassifierError
+from agents.effects import EFFECT_TYPES, UNKNOWN_TENANT_REPLY, Effects
+from agents.folds.conversations import FoldConfig, fold
+from agents.responders import ticket_id_for
+from agents.senders import LogSender, SendError
+from schemas import Envelope, derived_event_id, source_event_id
+from schemas.conversations import MessageReceived, conversation_stream_id
+from streams.tenants import load_tenants
+
+TENANTS = load_tenants(Path(__file__).resolve().parents[2] / "examples" / "tenants.toml")
+CONTACT = "34600111222"
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+NOW = datetime(2026, 3, 2, 9, 0, 2, tzinfo=UTC)
+
+
+def inbound(text: str, tenant: str = "acme", wamid: str = "wamid.in.1") -> Envelope:
+    event_id = source_event_id(tenant, "whatsapp", wamid)
+    return Envelope(
+        event_id=event_id, type="conversation.message.received", schema_version=1, tenant_id=tenant,
+        stream_id=conversation_stream_id(tenant, CONTACT), occurred_at=T0, recorded_at=T0,
+        correlation_id=event_id, actor="ingest:whatsapp",
+        payload=MessageReceived(contact=CONTACT, whatsapp_message_id=wamid, message_type="text", text=text),
+    )
+
+
+def routing_request(text: str, tenant: str = "acme") -> tuple[Envelope, Envelope]:
+    """An inbound message and the routing request the fold emits for it."""
+    message = inbound(text, tenant)
+    _, out = fold(None, message, FoldConfig())
+    return message, out[-1]
+
+
+class FailingClassifier:
+    async def classify(self, text: str) -> Classification:
+        raise ClassifierError("anthropic 529: Overloaded")
+
+
+class FixedClassifier:
+    def __init__(self, lane: str) -> None:
+        self.lane = lane
+
+    async def classify(self, text: str) -> Classification:
+        return Classification(self.lane, "claude-haiku-4-5-20251001", 130, 1, 0.000135)
+
+
+class RefusingSender:
+    name = "whatsapp"
+
+    async def send(self, tenant, contact, text, reply_event_id) -> str:
+        raise SendError("whatsapp 400: Recipient phone number not in allowed list (code 131030)")
+
+
+def effects(classifier=None, sender=None, now: datetime = NOW) -> Effects:
+    return Effects(TENANTS, sender or LogSender(), classifier, clock=lambda: now)
+
+
+async def test_rules_route_an_info_question_and_answer_from_the_faq():
+    message, request = routing_request("¿Cuál es el horario?")
+    routed, reply = await effects().run(request)
+
+    assert routed.type == "conversation.message.routed" and reply.type == "conversation.reply.requested"
+    assert (routed.payload.lane, routed.payload.method, routed.payload.model) == ("info", "rules", None)
+    assert routed.payload.message_event_id == message.event_id and routed.payload.fallback_reason is None
+    assert reply.payload.text.startswith("Abrimos de lunes a sábado")
+    assert reply.payload.in_reply_to == message.event_id and reply.payload.lane == "info"
+    assert [e.event_id for e in (routed, reply)] == [derived_event_id(request.event_id, 0),
+                                                     derived_event_id(request.event_id, 2)]
+    assert all(e.actor == "effect:router" and e.occurred_at == NOW and e.causation_id == request.event_id
+               for e in (routed, reply))
+
+
+async def test_failing_classifier_falls_back_to_rules_with_the_reason():
+    _, request = routing_request("¿Cuánto cuesta el café en grano?")
+    routed, reply = await effects(FailingClassifier()).run(request)
+    assert (routed.payload.method, routed.payload.lane) == ("rules", "commerce")
+    assert routed.payload.fallback_reason == "anthropic 529: Overloaded"
+    assert routed.payload.cost_usd == 0 and routed.payload.input_tokens == 0
+    assert reply.payload.text == "Café en grano 1 kg: 18,90 EUR, disponible (42 en stock)."
+
+
+async def test_classifier_lane_and_cost_are_recorded():
+    _, request = routing_request("me gustaría saber si os queda matcha")
+    routed, reply = await effects(FixedClassifier("commerce")).run(request)
+    p = routed.payload
+    assert (p.method, p.lane, p.model, p.input_tokens, p.output_tokens, p.cost_usd) == (
+        "llm", "commerce", "claude-haiku-4-5-20251001", 130, 1, 0.000135)
+    assert reply.payload.text == "Té verde matcha 100 g: 12,00 EUR, disponible (7 en stock)."
+
+
+async def test_support_lane_opens_a_ticket_and_acknowledges_it():
+    message, request = routing_request("Mi pedido llegó roto")
+    routed, ticket, reply = await effects().run(request)
+    expected = ticket_id_for(message.event_id)
+    assert routed.payload.lane == "support"
+    assert ticket.type == "conversation.ticket.opened" and ticket.event_id == derived_event_id(request.event_id, 1)
+    assert ticket.payload.ticket_id == expected and ticket.payload.summary == "Mi pedido llegó roto"
+    assert reply.payload.text == f"Hemos abierto el ticket {expected}. Un agente te contactará pronto."
+    assert reply.event_id == derived_event_id(request.event_id, 2)
+
+
+async def test_reruns_emit_the_same_ids_and_payloads():
+    _, request = routing_request("Mi pedido llegó roto")
+    first = await effects(now=NOW).run(request)
+    second = await effects(now=NOW + timedelta(minutes=5)).run(request)
+    assert [e.event_id for e in first] == [e.event_id for e in second]
+    assert [e.payload for e in first] == [e.payload for e in second]
+
+
+async def test_unknown_tenant_gets_an_apology_reply():
+    _, request = routing_request("¿Cuál es el horario?", tenant="ghost")
+    routed, reply = await effects().run(request)
+    assert routed.payload.lane == "info" and reply.payload.text == UNKNOWN_TENANT_REPLY
+
+
+async def test_requested_reply_is_sent_and_reported():
+    _, request = routing_request("¿Dónde están?")
+    reply = (await effects().run(request))[-1]
+    (result,) = await effects().run(reply)
+    assert result.type == "conversation.reply.sent" and result.event_id == derived_event_id(reply.event_id, 0)
+    assert result.payload.reply_event_id == reply.event_id
+    assert (result.payload.whatsapp_message_id, result.payload.sender) == (f"wamid.baton.{reply.event_id.hex}", "log")
+    assert result.actor == "effect:sender"
+
+
+async def test_send_failure_is_reported_as_reply_failed():
+    _, request = routing_request("¿Dónde están?")
+    reply = (await effects().run(request))[-1]
+    (result,) = await effects(sender=RefusingSender()).run(reply)
+    assert result.type == "conversation.reply.failed" and result.payload.sender == "whatsapp"
+    assert "131030" in result.payload.reason
+
+
+async def test_reply_for_unknown_tenant_fails_without_sending():
+    _, request = routing_request("hola", tenant="ghost")
+    reply = (await effects().run(request))[-1]
+    (result,) = await effects(sender=RefusingSender()).run(reply)
+    assert result.type == "conversation.reply.failed" and "ghost" in result.payload.reason
+
+
+async def test_events_that_need_no_effect_produce_nothing():
+    message, request = routing_request("hola")
+    routed = (await effects().run(request))[0]
+    assert {request.type} < EFFECT_TYPES and message.type not in EFFECT_TYPES
+    assert await effects().run(message) == [] and await effects().run(routed) == []
+
+
+async def test_interrupted_send_is_reported_failed_under_the_id_of_the_real_result():
+    message, request = routing_request("¿Dónde están?")
+    reply = (await effects().run(request))[-1]
+    assert reply.type in Effects.NOT_REPEATABLE and request.type not in Effects.NOT_REPEATABLE
+    (unknown,) = effects().unknown_outcome(reply)
+    (real,) = await effects().run(reply)
+    assert unknown.type == "conversation.reply.failed" and "outcome unknown" in unknown.payload.reason
+    assert unknown.event_id == real.event_id
+
+    # If the real result did reach the log first, the late failure report changes nothing.
+    state, _ = fold(None, message, FoldConfig())
+    state, _ = fold(state, request, FoldConfig())
+    for event in [*(await effects().run(request)), real, unknown]:
+        state, _ = fold(state, event, FoldConfig())
+    assert (state.replies_sent, state.replies_failed, state.dialogue[-1].status) == (1, 0, "sent")
+
+
+async def test_fold_and_effects_close_the_loop():
+    message, request = routing_request("Quiero comprar café")
+    config = FoldConfig()
+    state, emitted = fold(None, message, config)
+    log = [*emitted]
+    for event in log:
+        state, more = fold(state, event, config)
+        assert more == []
+        log.extend(await effects().run(event))
+    assert state.lane == "commerce" and state.replies_sent == 1
+    assert [(t.role, t.status) for t in state.dialogue] == [("contact", None), ("agent", "sent")]
+    assert state.dialogue[-1].text.startswith("Café en grano 1 kg: 18,90 EUR")
+
