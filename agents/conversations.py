@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 import faust
@@ -76,9 +77,13 @@ def register(app: faust.App, settings: Settings, effects: Effects,
     @app.agent(topic, concurrency=1, name="conversations.effects")
     async def conversations_effects(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
-            requests = [(r, env) for r, env in map(_decode_effect, events) if env is not None]
+            requests: dict[uuid.UUID, tuple[Record, Envelope]] = {}
+            for record, envelope in map(_decode_effect, events):
+                # A record redelivered within one batch is one request: its send must not look interrupted.
+                if envelope is not None and envelope.event_id not in requests:
+                    requests[envelope.event_id] = (record, envelope)
             if requests:
-                await _run_effects(requests)
+                await _run_effects(list(requests.values()))
 
     async def _run_effects(requests: list[tuple[Record, Envelope]]) -> None:
         started: dict[str, list[str]] = {}

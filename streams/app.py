@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
+from faust.types import TP
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 from streams.settings import Settings
 from streams.topics import changelog_topic
@@ -18,21 +24,57 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_kafka.Consumer):
+    """Faust's consumer, committing only offsets every record below has been processed up to."""
+
+    _log_start: Mapping[TP, int] = MappingProxyType({})
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        # Where a partition without a committed offset starts (auto_offset_reset="earliest").
+        fresh = [tp for tp in self.assignment() if self._committed_offset[tp] is None]
+        self._log_start = dict(await self.earliest_offsets(*fresh)) if fresh else {}
+
+    def _new_offset(self, tp: TP) -> int | None:
+        # Faust commits the first run of acked offsets even when the record at the commit position
+        # was never acked (it tolerates a gap of one, and any gap before the first commit), so a
+        # record dropped before processing would be skipped for good. Wait for it instead: at
+        # worst it is redelivered after a restart.
+        acked = self._acked[tp]
+        start = self._committed_offset[tp]
+        if start is None:
+            start = self._log_start.get(tp)
+        if acked and start is not None and min(acked) > start and not self._gap[tp].overlaps(start):
+            return None
+        return super()._new_offset(tp)
 
 
 class _Transport(faust_kafka.Transport):
     Consumer = _Consumer
 
 
+class _FlowControl(FlowControlEvent):
+    def resume(self) -> None:
+        # Faust resumes flow once more after seeking stream partitions, while records already flow
+        # into agent buffers; clearing them then drops records that are never fetched again.
+        # Buffers are cleared when flow is suspended for a rebalance, and on a real resume.
+        if not self.is_active():
+            super().resume()
+
+
 class BatonApp(faust.App):
-    """A Faust app whose consumer honours the configured fetch wait."""
+    """A Faust app whose consumer honours the configured fetch wait and never drops buffered records."""
 
     fetch_wait_ms: int = 500
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return _FlowControl(loop=self.loop)
 
 
 def create_app(settings: Settings) -> faust.App:

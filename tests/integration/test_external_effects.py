@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
+from schemas import new_event
+from schemas.conversations import ReplyRequested
 from streams.embedded import free_port
 from streams.publisher import Publisher
 from streams.runtime import Runtime
@@ -154,3 +157,19 @@ def test_killed_worker_never_sends_a_reply_twice(settings: Settings, fake: FakeA
     for contact, (_, sent, failed) in totals.items():
         assert sends_per_contact[contact] <= per_contact, f"{contact} got a reply twice"
         assert sent <= sends_per_contact[contact] <= sent + failed
+
+
+def test_request_redelivered_at_once_is_sent_once_and_reported_sent(settings: Settings, fake: FakeApis) -> None:
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    request = new_event("acme", ReplyRequested(session_id=uuid.uuid4(), contact="34699000001", in_reply_to=uuid.uuid4(),
+                                               lane="info", text="Abrimos a las 9."),
+                        event_id=uuid.uuid4(), occurred_at=at, recorded_at=at, actor="effect:router")
+    with _runtime(settings, fake).start() as runtime:
+        _publish(runtime.settings, [request, request])  # both copies reach the effect worker in one batch
+
+        def outcomes():
+            with psycopg.connect(runtime.settings.database_url) as conn:
+                return conn.execute("SELECT type FROM events WHERE causation_id = %s", (request.event_id,)).fetchall()
+
+        assert eventually(outcomes, "the send's outcome") == [("conversation.reply.sent",)]
+    assert [s["to"] for s in fake.sends] == ["34699000001"]
