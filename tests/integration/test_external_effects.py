@@ -128,8 +128,9 @@ def test_classifier_outage_falls_back_to_rules(settings: Settings) -> None:
             _publish(runtime.settings, _messages(contacts=1, per_contact=2, start=datetime(2026, 11, 1, tzinfo=UTC)))
             eventually(lambda: list(_totals(runtime.settings).values()) == [(2, 2, 0)], "replies sent")
             with psycopg.connect(runtime.settings.database_url) as conn:
-                routed = [p for (p,) in conn.execute(
-                    "SELECT payload FROM events WHERE type = 'conversation.message.routed' ORDER BY occurred_at")]
+                routed = [p for (p,) in conn.execute(  # in the order of the messages they route
+                    "SELECT r.payload FROM events r JOIN events m ON m.event_id = (r.payload->>'message_event_id')::uuid"
+                    " WHERE r.type = 'conversation.message.routed' ORDER BY m.occurred_at")]
     finally:
         fake.close()
     assert fake.classifications >= 2
