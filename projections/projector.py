@@ -17,7 +17,12 @@ from agents.batching import BadRecord, envelope_of
 from agents.folds.conversations import ConversationState, decode_state
 from projections import ProjectionError
 from projections.migrations import apply_migrations
-from projections.writers.conversations import event_row, session_row, write_events, write_sessions
+from projections.writers.conversations import (
+    event_row,
+    session_row,
+    write_events,
+    write_sessions,
+)
 from schemas import DOMAINS
 from streams.deadletter import dead_letter_record
 from streams.publisher import producer_options

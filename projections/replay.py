@@ -20,7 +20,12 @@ from agents.folds.conversations import ConversationState
 from projections import ProjectionError
 from projections.migrations import apply_migrations
 from projections.projector import assigned_consumer, domain_topics, load_offsets
-from projections.writers.conversations import event_row, session_row, write_events, write_sessions
+from projections.writers.conversations import (
+    event_row,
+    session_row,
+    write_events,
+    write_sessions,
+)
 from streams.settings import Settings
 from streams.topics import changelog_topic
 

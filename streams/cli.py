@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -113,7 +113,7 @@ def projector() -> None:
 
 
 @cli.command()
-def api(port: Annotated[Optional[int], typer.Option(help="Port (default BATON_API_PORT).")] = None) -> None:
+def api(port: Annotated[int | None, typer.Option(help="Port (default BATON_API_PORT).")] = None) -> None:
     """Serve ingest, webhook and query API."""
     from streams.server import run_api
 

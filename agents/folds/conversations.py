@@ -113,11 +113,13 @@ ACTOR = "fold:conversations"
 # Delivery order of a reply; a status only moves forward and "failed" is terminal.
 _STATUS_RANK = {"requested": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
 
+DEFAULT_CONFIG = FoldConfig()
+
 _SESSION_SCOPED = (MessageRouted, TicketOpened, ReplyRequested, ReplySent, ReplyFailed)
 
 
 def fold(
-    state: ConversationState | None, envelope: Envelope, config: FoldConfig = FoldConfig()
+    state: ConversationState | None, envelope: Envelope, config: FoldConfig = DEFAULT_CONFIG
 ) -> tuple[ConversationState | None, list[Envelope]]:
     """Apply one conversation event; returns the new state and the events it emits."""
     payload = envelope.payload

@@ -16,8 +16,8 @@ from pydantic import SecretStr
 
 from schemas import Envelope, decode, source_event_id
 from streams.auth import issue_token
-from streams.ingest import ingest_router
 from streams.embedded import EmbeddedBroker
+from streams.ingest import ingest_router
 from streams.publisher import Publisher
 from streams.settings import Settings
 from streams.tenants import load_tenants

@@ -45,7 +45,7 @@ def replied(api: httpx.Client, contact: str, replies: int = 1):
 def replay_verify(settings: Settings) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", "replay", "--verify"],
-        env=child_env(**settings_env(settings)), capture_output=True, text=True, timeout=300,
+        env=child_env(**settings_env(settings)), capture_output=True, text=True, timeout=300, check=False,
     )
 
 
@@ -189,5 +189,5 @@ def test_undecodable_record_goes_to_dead_letters(runtime: Runtime) -> None:
     assert "invalid envelope" in letters[0].reason or "conversation.bogus" in letters[0].reason
     assert letters[0].source_topic == settings.topic("conversations")
     cli = subprocess.run([sys.executable, "-m", "streams.cli", "deadletter", "list"],
-                         env=child_env(COLUMNS="200", **settings_env(settings)), capture_output=True, text=True, timeout=60)
+                         env=child_env(COLUMNS="200", **settings_env(settings)), capture_output=True, text=True, timeout=60, check=False)
     assert cli.returncode == 0 and "fold:conversations" in cli.stdout

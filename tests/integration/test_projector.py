@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Self
 
 import httpx
 import psycopg
@@ -96,7 +97,7 @@ class Projector:
         self.stop = asyncio.Event()
         self.reports: list[BatchReport] = []
 
-    async def __aenter__(self) -> Projector:
+    async def __aenter__(self) -> Self:
         self.task = asyncio.create_task(run_projector(self.settings, self.stop, self.reports.append))
         return self
 
@@ -222,9 +223,8 @@ async def client(settings: Settings) -> AsyncIterator[Callable[[str | None], htt
     """Query API clients over read models written straight from folded states, by tenant."""
     _, sessions = fold_like_worker(settings, acme_and_globex(), {})
     await apply_migrations(settings.database_url)
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-        async with conn.transaction(), conn.cursor() as cur:
-            await write_sessions(cur, [session_row(s) for s in sessions.values()])
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn, conn.transaction(), conn.cursor() as cur:
+        await write_sessions(cur, [session_row(s) for s in sessions.values()])
     app = FastAPI()
     app.include_router(query_router())
     app.state.settings = settings

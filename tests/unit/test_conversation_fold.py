@@ -199,7 +199,7 @@ def test_non_routable_messages_are_stored_but_not_routed():
 
 
 def test_button_replies_are_routed():
-    state, out = fold(None, received("wamid.btn", T0, "Ver precios", "button"), CONFIG)
+    _, out = fold(None, received("wamid.btn", T0, "Ver precios", "button"), CONFIG)
     assert out[-1].type == "conversation.routing.requested" and out[-1].payload.text == "Ver precios"
 
 

@@ -169,7 +169,7 @@ async def test_interrupted_send_is_reported_failed_under_the_id_of_the_real_resu
 
 
 async def test_fold_and_effects_close_the_loop():
-    message, request = routing_request("Quiero comprar café")
+    message, _ = routing_request("Quiero comprar café")
     config = FoldConfig()
     state, emitted = fold(None, message, config)
     log = [*emitted]
