@@ -142,7 +142,12 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(runtime: Runtime)
     except AssertionError as exc:
         with psycopg.connect(runtime.settings.database_url) as conn:
             counts = conn.execute("SELECT type, count(*) FROM events GROUP BY type ORDER BY type").fetchall()
-        raise AssertionError(f"{exc}; sessions {_sessions(runtime.settings)}; events {counts}") from None
+            unanswered = conn.execute(  # effect requests on the log that no outcome answers: where they sit
+                "SELECT q.type, q.partition, q.\"offset\" FROM events q WHERE q.type IN"
+                " ('conversation.routing.requested', 'conversation.reply.requested') AND NOT EXISTS"
+                " (SELECT 1 FROM events a WHERE a.causation_id = q.event_id) ORDER BY 2, 3").fetchall()
+        raise AssertionError(f"{exc}; sessions {_sessions(runtime.settings)}; events {counts};"
+                             f" requests without outcome {unanswered}") from None
     for contact, (received, requested, sent, failed, turns) in sessions.items():
         assert (received, requested, sent + failed, turns) == (per_contact, per_contact, per_contact, 2 * per_contact), contact
     # A send the kill interrupted is never repeated: it is reported failed with an unknown outcome.
