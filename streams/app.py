@@ -22,6 +22,15 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.app.fetch_wait_ms
         return consumer
 
+    async def _fetch_records(self, consumer, active_partitions, timeout=None, max_records=None):
+        # Faust hands over its live set of active partitions, which recovery may empty meanwhile, and
+        # aiokafka reads an empty set as "every partition": records of paused partitions would come back
+        # with their position advanced, and Faust drops them as inactive. Fetch for a snapshot instead.
+        active = frozenset(active_partitions) if active_partitions is not None else None
+        if active is not None and not active:
+            return {}
+        return await super()._fetch_records(consumer, active, timeout=timeout, max_records=max_records)
+
 
 class _Consumer(faust_kafka.Consumer):
     """Faust's consumer, committing only offsets every record below has been processed up to."""
@@ -33,9 +42,15 @@ class _Consumer(faust_kafka.Consumer):
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        # Where a partition without a committed offset starts (auto_offset_reset="earliest").
+        # A partition without a committed offset starts at the log start (auto_offset_reset="earliest").
+        # Seek it there too: Faust's own seek skips it, so records it dropped before this point
+        # (see _fetch_records) would otherwise never be fetched again.
         fresh = [tp for tp in self.assignment() if self._committed_offset[tp] is None]
         self._log_start = dict(await self.earliest_offsets(*fresh)) if fresh else {}
+        changelogs = self.app.tables.changelog_topics
+        for tp, offset in self._log_start.items():
+            if tp.topic not in changelogs:
+                await self.seek(tp, offset)
 
     def _new_offset(self, tp: TP) -> int | None:
         # Faust commits the first run of acked offsets even when the record at the commit position

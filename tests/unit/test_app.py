@@ -57,3 +57,8 @@ def test_first_commit_stops_before_an_unprocessed_first_record(app) -> None:
 def test_offsets_missing_from_the_log_do_not_hold_the_commit_back(app) -> None:
     app.consumer._gap[TOPIC].addi(10, 11)  # offset 10 does not exist (e.g. a transaction marker)
     assert new_offset(app, [11, 12], committed=10) == 13
+
+
+async def test_no_records_are_handed_out_when_no_partition_is_active(app) -> None:
+    # aiokafka would read an empty partition set as "all partitions" and advance their positions.
+    assert await app.consumer._thread._fetch_records(consumer=None, active_partitions=set()) == {}
