@@ -33,7 +33,7 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_kafka.Consumer):
-    """Faust's consumer, committing only offsets every record below has been processed up to."""
+    """Faust's consumer; it starts never-committed partitions at the log start and commits only past processed records."""
 
     _log_start: Mapping[TP, int] = MappingProxyType({})
 
