@@ -45,12 +45,11 @@ class _Consumer(faust_kafka.Consumer):
         # A partition without a committed offset starts at the log start (auto_offset_reset="earliest").
         # Seek it there too: Faust's own seek skips it, so records it dropped before this point
         # (see _fetch_records) would otherwise never be fetched again.
-        fresh = [tp for tp in self.assignment() if self._committed_offset[tp] is None]
-        self._log_start = dict(await self.earliest_offsets(*fresh)) if fresh else {}
         changelogs = self.app.tables.changelog_topics
+        fresh = [tp for tp in self.assignment() if tp.topic not in changelogs and self._committed_offset[tp] is None]
+        self._log_start = dict(await self.earliest_offsets(*fresh)) if fresh else {}
         for tp, offset in self._log_start.items():
-            if tp.topic not in changelogs:
-                await self.seek(tp, offset)
+            await self.seek(tp, offset)
 
     def _new_offset(self, tp: TP) -> int | None:
         # Faust commits the first run of acked offsets even when the record at the commit position
