@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -65,8 +65,12 @@ class Folder(Generic[S]):
     ends_state: Callable[[Envelope], bool] = lambda _envelope: False
 
 
-def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folder: Folder[S]) -> BatchResult[S]:
-    """Fold records in log order; coalesce writes per key; never raise for one bad record."""
+def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folder: Folder[S],
+               unwritten: Container[str] = frozenset()) -> BatchResult[S]:
+    """Fold records in log order; coalesce writes per key; never raise for one bad record.
+
+    `unwritten` names keys whose loaded state is not in the table yet: a state they end is written first too.
+    """
     result: BatchResult[S] = BatchResult()
     states: dict[str, S | None] = {}
     changed: set[str] = set()
@@ -95,7 +99,7 @@ def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folde
             # A no-op (an echo of an applied event) needs no write; a redelivery of it is a no-op again.
             states[key] = state
             continue
-        if key in changed and state is not None and any(folder.ends_state(e) for e in emitted):
+        if (key in changed or key in unwritten) and state is not None and any(folder.ends_state(e) for e in emitted):
             # The changelog must hold the final state of every session, so write it before it is replaced.
             result.writes.append((key, state))
         states[key] = None if new_state is None else msgspec.structs.replace(new_state, log_offset=record.offset)

@@ -43,8 +43,9 @@ RESULT = 0
 class Effects:
     """Runs the side effect an event asks for and returns the events describing its outcome."""
 
+    effect_types: frozenset[str] = EFFECT_TYPES
     # A send reaches the contact: it must never be repeated, even when its outcome was lost.
-    NOT_REPEATABLE: frozenset[str] = frozenset({REPLY_REQUESTED})
+    not_repeatable: frozenset[str] = frozenset({REPLY_REQUESTED})
 
     def __init__(
         self,

@@ -26,11 +26,12 @@ import time
 
 from faust.worker import Worker
 
-from agents import conversations
+from agents import streaming
 from streams.app import create_app
+from streams.domains import load_domains
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from streams.worker import build_effects, tune_gc
+from streams.worker import tune_gc
 
 
 class Meter:
@@ -82,8 +83,8 @@ def main() -> None:
     meter = Meter(int(os.environ["BENCH_EXPECT"]), os.environ.get("BENCH_PROFILE") or None)
     idle_s = float(os.environ.get("BENCH_IDLE_S", "3"))
 
-    # conversations.py calls fold_batch through its module global: time it without touching the agent.
-    fold_batch = conversations.fold_batch
+    # streaming.py calls fold_batch through its module global: time it without touching the agent.
+    fold_batch = streaming.fold_batch
 
     def timed_fold_batch(*args, **kwargs):
         start = time.perf_counter()
@@ -92,13 +93,14 @@ def main() -> None:
         finally:
             meter.fold_s += time.perf_counter() - start
 
-    conversations.fold_batch = timed_fold_batch
+    streaming.fold_batch = timed_fold_batch
 
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
-    conversations.register(app, settings, build_effects(settings), on_fold=meter.on_fold)
+    for domain in load_domains(settings):
+        streaming.register_domain(app, settings, domain, on_fold=meter.on_fold)
 
     if os.environ.get("BENCH_GC", "tuned") == "tuned":
         tune_gc(app)

@@ -1,20 +1,33 @@
-"""End-to-end figures on the embedded broker and PostgreSQL, in one run.
+"""End-to-end figures on the embedded broker and PostgreSQL, in one run, beside the Redis-lock peer.
 
-    .venv/bin/python -m bench.pipeline [--events N] [--rate 500] [--seconds 20] [--profile py-spy|cprofile]
+    .venv/bin/python -m bench.pipeline [--events N] [--rate 500 | --rates 100,500] [--seconds 20]
+        [--workers 1,2] [--latency-workers N] [--peer/--no-peer] [--peer-runs 1] [--profile py-spy|cprofile]
+        [--skip ingest,latency,fold,baselines,peer]
 
 1. ingest → projection: N conversation.message.received events through POST /v1/events (batches of
-   500) until sum(messages_received) = N in PostgreSQL, and until sum(replies_sent) = N;
-2. latency: signed WhatsApp webhook deliveries sent open-loop at --rate for --seconds, each timed from
-   its scheduled send time until it is visible: in the read model (one SQL probe for every delivery)
-   and through GET /v1/conversations/{contact} (a sample, with a bounded GET budget);
+   500) until sum(messages_received) = N in PostgreSQL, and until sum(replies_sent) = N; once per worker
+   count of --workers (default 1), each on a fresh runtime (`Runtime(settings, workers=count)`: its own
+   app id, topic prefix and database, the same broker and PostgreSQL);
+2. latency: signed WhatsApp webhook deliveries sent open-loop at each rate of --rates (default --rate) for
+   --seconds, each timed from its scheduled send time until it is visible: in the read model (one SQL
+   probe for every delivery) and through GET /v1/conversations/{contact} (a sample, with a bounded GET
+   budget); on the runtime with --latency-workers workers (default the first of --workers);
 3. the real worker's fold rate (fold + effects agents, bench/fold_worker.py) over N pre-loaded records;
-4. the naive Faust agent and the bare stream iteration (bench/faust_baselines.py) over the same records.
+4. the naive Faust agent and the bare stream iteration (bench/faust_baselines.py) over the same records;
+5. the Redis-lock peer (../shared/peers/redis_locks_peer.py, run where it lies, never copied) over the same
+   N messages and contacts as (1), after Baton's services have stopped, when Redis (127.0.0.1:6379) and
+   PostgreSQL (127.0.0.1:5432, database `test`, user postgres) answer; otherwise one line says it was
+   skipped. Its Python is a venv made once at .bench-peer-venv (redis[hiredis], psycopg[binary], psutil,
+   uvloop, orjson from PyPI). --no-peer or --skip peer leaves it out.
 
-Everything runs on one embedded Tansu broker and one embedded PostgreSQL started here; every request
-goes to 127.0.0.1 and every loop is bounded in count and time. The worker and API are the real
+Everything Baton runs is on one embedded Tansu broker and one embedded PostgreSQL started here; every
+request goes to 127.0.0.1 and every loop is bounded in count and time. The worker(s) and API are the real
 `baton` roles; the projector runs as bench/projector_probe.py (the real projector, batches timed).
-Also printed: log records per inbound message, CPU per component (from /proc), and with --profile
-py-spy the worker, projector and API sampled during (1) and the fold worker during (3).
+Also printed: log records per inbound message, CPU per component (from /proc; worker-1..worker-N each by
+pid, children included), with --profile py-spy the worker(s), projector and API sampled during (1) and the
+fold worker during (3); at the end one table of Baton (per worker count) against the peer: answered
+messages/s, CPU ms per answered message (all of each system's processes), log records and broker CPU per
+answered message, Baton ÷ peer; where the CPU goes per component; and issue 5's aims beside the figures.
 
 Experiments (not the defaults): BATON_FETCH_WAIT_MS and other settings in the environment,
 BENCH_GC=default (the fold worker in (3) without the worker's GC tuning),
@@ -29,6 +42,8 @@ import contextlib
 import json
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,7 +70,7 @@ from streams.publisher import Publisher, producer_options
 from streams.runtime import Runtime
 from streams.settings import Settings, settings_env
 from streams.tenants import load_tenants
-from streams.topics import changelog_topic, ensure_topics
+from streams.topics import changelog_topic, ensure_topics, log_end_offsets
 from streams.whatsapp import sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,6 +337,7 @@ class LatencyResult:
     drain_s: float
     get_errors: int = 0
     max_inflight: int = 0
+    workers: int = 1
 
 
 class Limiter:
@@ -340,10 +356,12 @@ class Limiter:
 
 async def latency(runtime: Runtime, token: str, per_s: int, seconds: float, contacts: int, run: str,
                   get_budget: int = 200, sampled_per_s: int = 50, drain_s: float = 20.0,
-                  max_inflight: int = 64) -> LatencyResult:
+                  max_inflight: int = 64, prefix: str = "3469", workers: int = 1) -> LatencyResult:
     """Open loop: delivery i is due at start + i/per_s whatever happened to earlier ones, and its latency
     counts from then. At most max_inflight POSTs are open at once; a due delivery waits its turn in a FIFO
-    (that wait is part of its latency). Everything stops drain_s after the last delivery was due."""
+    (that wait is part of its latency). Everything stops drain_s after the last delivery was due.
+    Contacts are prefix + 7 digits: each run in one database needs its own prefix (visibility counts a
+    contact's messages)."""
     settings = runtime.settings
     tenant = load_tenants(settings.tenants_file).by_id[TENANT]
     secret = settings.whatsapp_app_secret.get_secret_value()
@@ -352,7 +370,7 @@ async def latency(runtime: Runtime, token: str, per_s: int, seconds: float, cont
     base_ts = int(time.time())
     deliveries = []
     for i in range(total):
-        contact, wamid = f"3469{1 + i % contacts:07d}", f"wamid.{run}.lat.{i}"
+        contact, wamid = f"{prefix}{1 + i % contacts:07d}", f"wamid.{run}.lat.{i}"
         body = json.dumps(message_delivery(tenant, contact, f"C{i % contacts}", wamid, TEXTS[i % 3],
                                            base_ts + i // per_s)).encode()
         deliveries.append(Delivery(
@@ -473,28 +491,18 @@ async def latency(runtime: Runtime, token: str, per_s: int, seconds: float, cont
         drained = time.perf_counter() - drain_start
 
     return LatencyResult(deliveries, per_s, seconds, send_s, late, contacts, sample_every, counters["gets"],
-                         get_budget, counters["sql"], drained, counters["get_errors"], max_inflight)
+                         get_budget, counters["sql"], drained, counters["get_errors"], max_inflight, workers)
 
 
 # ---------------------------------------------------------------- 3 + 4. fold rate and baselines
 
 async def log_records(settings: Settings) -> dict[str, int]:
-    """Records on the domain topic and the two table changelogs (end offsets: exact with one record per batch)."""
-    from aiokafka import AIOKafkaConsumer
-
+    """Records on the domain topic and the two table changelogs (exact end offsets, batches or not)."""
     names = {"domain": settings.topic("conversations"), "sessions changelog": changelog_topic(settings, "sessions"),
-             "effects ledger changelog": changelog_topic(settings, "effects")}
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await consumer.start()
-    try:
-        counts = {}
-        for label, topic in names.items():
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-            ends = await consumer.end_offsets(tps) if tps else {}
-            counts[label] = sum(ends.values())
-        return counts
-    finally:
-        await consumer.stop()
+             "effects ledger changelog": changelog_topic(settings, "conversations-ledger")}
+    tps = {label: [TopicPartition(topic, p) for p in range(settings.topic_partitions)] for label, topic in names.items()}
+    ends = await log_end_offsets(settings, [tp for found in tps.values() for tp in found])
+    return {label: sum(ends[tp] for tp in found) for label, found in tps.items()}
 
 
 async def redundant_writes(settings: Settings, table: str) -> tuple[int, int, int]:
@@ -508,7 +516,7 @@ async def redundant_writes(settings: Settings, table: str) -> tuple[int, int, in
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await log_end_offsets(settings, tps)
         await consumer.seek_to_beginning(*tps)
         last: dict[bytes, bytes] = {}
         records = same = empty = 0
@@ -530,8 +538,41 @@ async def redundant_writes(settings: Settings, table: str) -> tuple[int, int, in
 
 def amplification(before: dict[str, int], after: dict[str, int], messages: int) -> str:
     parts = [f"{label} {(after[label] - before.get(label, 0)) / messages:.1f}" for label in after]
-    total = sum(after[label] - before.get(label, 0) for label in after)
-    return f"log records per inbound message: {', '.join(parts)}; total {total / messages:.1f}"
+    return f"log records per inbound message: {', '.join(parts)}; total {records_added(before, after) / messages:.1f}"
+
+
+def records_added(before: dict[str, int], after: dict[str, int]) -> int:
+    return sum(after[label] - before.get(label, 0) for label in after)
+
+
+async def group_members(settings: Settings) -> tuple[str, int] | None:
+    """State and member count of the workers' consumer group (its id is the app id); None if not described."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        for response in await admin.describe_consumer_groups([settings.app_id]):
+            for group in response.groups:  # (error_code, group_id, state, protocol_type, protocol, members, ...)
+                if group[1] == settings.app_id:
+                    return group[2], len(group[5])
+        return None
+    except Exception:  # noqa: BLE001 - a broker without DescribeGroups: the bench goes on without the check
+        return None
+    finally:
+        await admin.close()
+
+
+async def wait_for_group(settings: Settings, workers: int, within_s: float = 30.0) -> str:
+    """Wait (bounded) until the group is Stable with one member per worker, so (1) is not cut by a rebalance."""
+    start = time.perf_counter()
+    found = None
+    while time.perf_counter() - start < within_s:
+        found = await group_members(settings)
+        if found is None:
+            return "consumer group not described by the broker; not checked"
+        if found == ("Stable", workers):
+            return f"consumer group Stable with {workers} members after {time.perf_counter() - start:.1f} s"
+        await asyncio.sleep(0.5)
+    return f"consumer group still {found} after {within_s:.0f} s (expected Stable with {workers} members)"
 
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
@@ -652,6 +693,135 @@ async def baseline(mode: str, bootstrap: str, topic: str, n: int, partitions: in
     lines = await run_child(["-m", "bench.faust_baselines", mode, bootstrap, topic, str(n), str(partitions)],
                             child_env(BENCH_LOGLEVEL=loglevel), log_dir / f"baseline_{mode}.log", mode, timeout=60 + n / 200)
     return lines[-1]
+
+
+# ---------------------------------------------------------------- 5. the Redis-lock peer
+
+PEER = ROOT.parent / "shared" / "peers" / "redis_locks_peer.py"  # run where it lies, never copied
+PEER_VENV = ROOT / ".bench-peer-venv"
+PEER_PACKAGES = ("redis[hiredis]", "psycopg[binary]", "psutil", "uvloop", "orjson")
+PEER_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+PEER_NOT_OURS = ("postgres (others' backends)",)  # in the peer's CPU report, but other clients' work
+
+
+def peer_unavailable() -> str | None:
+    """Why the peer cannot run here (its script, Redis or PostgreSQL missing), or None when it can."""
+    if not PEER.exists():
+        return f"{PEER} not found"
+    for name, port in (("Redis", 6379), ("PostgreSQL", 5432)):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+                if name == "Redis":
+                    sock.settimeout(1.0)
+                    sock.sendall(b"PING\r\n")
+                    answer = sock.recv(64)
+                    if not answer.startswith(b"+PONG"):
+                        return f"Redis at 127.0.0.1:6379 answered {answer[:40]!r} to PING"
+        except OSError as exc:
+            return f"{name} at 127.0.0.1:{port} does not answer ({exc})"
+    try:
+        psycopg.connect(PEER_DSN, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()
+        return f"PostgreSQL {PEER_DSN!r} refused: {first[0] if first else type(exc).__name__}"
+    return None
+
+
+def peer_python(log: Path) -> tuple[Path | None, str]:
+    """The peer venv's Python, made once and then reused, and what was done; (None, why) on failure."""
+    python = PEER_VENV / "bin" / "python"
+    check = [str(python), "-c", "import redis, hiredis, psycopg, psutil, uvloop, orjson"]
+
+    def usable() -> bool:
+        return python.exists() and subprocess.run(check, capture_output=True, timeout=60, check=False).returncode == 0
+
+    def tail() -> str:
+        text = log.read_text(errors="replace").strip() if log.exists() else ""
+        return text[-300:].replace("\n", " | ")
+
+    try:
+        if usable():
+            return python, f"peer venv {PEER_VENV} (cached)"
+        with log.open("ab") as out:
+            for step in ([sys.executable, "-m", "venv", str(PEER_VENV)],
+                         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                          *PEER_PACKAGES]):
+                done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      timeout=600, check=False)
+                if done.returncode != 0:
+                    return None, f"`{' '.join(step[1:4])} …` exited with {done.returncode}: {tail()}"
+        if usable():
+            return python, f"peer venv {PEER_VENV} created ({' '.join(PEER_PACKAGES)})"
+        return None, f"{PEER_VENV} still cannot import the peer's packages: {tail()}"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"could not prepare {PEER_VENV}: {exc}"
+
+
+@dataclass
+class PeerResult:
+    runs: list[dict]
+    exit_code: int | None
+    seconds: float
+    error: str | None = None
+
+    @property
+    def chosen(self) -> dict | None:
+        """The run with the median answered messages/s."""
+        ordered = sorted(self.runs, key=lambda r: r["e2e_msgs_per_s"])
+        return ordered[len(ordered) // 2] if ordered else None
+
+
+def peer_cpu(result: dict) -> dict[str, float]:
+    """The peer's own CPU seconds per component: driver, workers, Redis, its PostgreSQL backends and the
+    server's background processes (not other clients' backends, which it reports too)."""
+    return {k: v for k, v in result["cpu"].items() if not k.startswith("_") and k not in PEER_NOT_OURS}
+
+
+async def run_peer(python: Path, messages: int, contacts: int, runs: int, log_dir: Path) -> PeerResult:
+    """The peer over the same messages and contacts as (1); its RESULT lines; bounded in time (its whole
+    process group is stopped at the bound)."""
+    wait_s = max(60.0, messages / 50)
+    timeout = 30 + runs * (wait_s + 120)
+    args = [str(python), str(PEER), "--messages", str(messages), "--contacts", str(contacts), "--runs", str(runs),
+            "--pg-dsn", PEER_DSN, "--timeout", f"{wait_s:.0f}", "--log-dir", str(log_dir / "peer")]
+    results: list[dict] = []
+    error = None
+    start = time.perf_counter()
+    with (log_dir / "peer.log").open("ab") as log:
+        log.write(f"$ {' '.join(args)}\n".encode())
+        process = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL, cwd=ROOT,
+            start_new_session=True)
+        try:
+            deadline = start + timeout
+            while True:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    raise TimeoutError
+                raw = await asyncio.wait_for(process.stdout.readline(), timeout=left)
+                if not raw:
+                    break
+                log.write(raw)
+                if raw.startswith(b"RESULT "):
+                    try:
+                        results.append(json.loads(raw[len(b"RESULT "):]))
+                    except ValueError as exc:
+                        error = f"unreadable RESULT line ({exc})"
+            await asyncio.wait_for(process.wait(), timeout=max(1.0, deadline - time.perf_counter()))
+        except TimeoutError:
+            error = f"not done within {timeout:.0f} s; stopped"
+        finally:
+            # The peer and its workers form the process group this bench started; whatever is left of it
+            # (a worker that outlived its driver would hold stdout open) is stopped.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+    return PeerResult(results, process.returncode, time.perf_counter() - start, error)
 
 
 # ---------------------------------------------------------------- profiles
@@ -777,13 +947,30 @@ def latency_trend(result: LatencyResult, windows: int = 4) -> str:
     return "inbound-turn latency by send time: " + "; ".join(parts)
 
 
+def int_list(text: str, name: str, parser: argparse.ArgumentParser, most: int) -> list[int]:
+    """'1,2' → [1, 2]: positive, without repeats, at most `most` of them."""
+    try:
+        values = list(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
+    except ValueError:
+        parser.error(f"{name}: comma-separated whole numbers, got {text!r}")
+    if not values or any(v < 1 for v in values) or len(values) > most:
+        parser.error(f"{name}: 1 to {most} positive numbers, got {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=5_000, help="events for ingest → projection (1)")
-    parser.add_argument("--contacts", type=int, default=0, help="contacts for (1) and (3); default events / 5")
+    parser.add_argument("--events", type=int, default=5_000, help="events for ingest → projection (1) and the peer (5)")
+    parser.add_argument("--contacts", type=int, default=0, help="contacts for (1), (3) and (5); default events / 5")
     parser.add_argument("--fold-events", type=int, default=0, help="pre-loaded records for (3) and (4); default --events")
+    parser.add_argument("--workers", default="1",
+                        help="comma-separated worker counts: (1) runs once per count on a fresh runtime, e.g. 1,2")
     parser.add_argument("--rate", type=int, default=500, help="webhook deliveries per second for (2)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the open-loop run (2)")
+    parser.add_argument("--rates", default="",
+                        help="comma-separated rates: (2) runs once per rate, e.g. 100,500; default --rate")
+    parser.add_argument("--latency-workers", type=int, default=0,
+                        help="worker count of the runtime (2) runs on, one of --workers; default the first")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each open-loop run (2)")
     parser.add_argument("--latency-contacts", type=int, default=2000, help="rotating contacts for (2)")
     parser.add_argument("--drain", type=float, default=20.0, help="seconds (2) waits after the last delivery is due")
     parser.add_argument("--max-inflight", type=int, default=64, help="most open webhook POSTs in (2)")
@@ -791,12 +978,48 @@ def main() -> None:
     parser.add_argument("--baseline-loglevel", default="info",
                         help="Faust log level of the baselines; info as the worker (error: root logger at DEBUG)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (Baton's default)")
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the Redis-lock peer (5) when Redis and PostgreSQL answer on 127.0.0.1")
+    parser.add_argument("--peer-runs", type=int, default=1, help="runs of the peer; the median by msgs/s is compared")
     parser.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none",
                         help="profile the fold worker child in (3); py-spy also samples worker/projector/api in (1)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ingest,latency,fold,baselines")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ingest,latency,fold,baselines,peer")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, profiles)")
     args = parser.parse_args()
+    args.worker_counts = int_list(args.workers, "--workers", parser, 4)
+    args.rate_list = int_list(args.rates, "--rates", parser, 6) if args.rates else [args.rate]
+    args.latency_workers = args.latency_workers or args.worker_counts[0]
+    if args.latency_workers not in args.worker_counts:
+        parser.error(f"--latency-workers {args.latency_workers} is not one of --workers {args.workers}")
+    if args.peer_runs < 1:
+        parser.error("--peer-runs: at least 1")
     asyncio.run(run(args))
+
+
+@dataclass
+class BatonRun:
+    """(1) on one runtime: its worker count, result, CPU per component and log records it added."""
+
+    workers: int
+    ingest: IngestResult
+    cpu: tuple[float, dict[str, float]]
+    records: int
+
+    @property
+    def name(self) -> str:
+        return workers_name(self.workers)
+
+
+NOT_BATON = ("everything else on the machine", "py-spy")  # CpuMeter groups that are not Baton's processes
+
+
+def baton_cpu(used: dict[str, float]) -> dict[str, float]:
+    """Baton's own CPU seconds per component: broker, PostgreSQL, worker(s), projector, API, bench load."""
+    return {k: v for k, v in used.items() if k not in NOT_BATON}
+
+
+def workers_name(count: int) -> str:
+    return f"{count} worker" + ("s" if count > 1 else "")
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -814,8 +1037,30 @@ async def run(args: argparse.Namespace) -> None:
     notes: list[str] = []
     console.print(f"[dim]bench run {run_id}: temp dir {tmp}; code {code_version()}[/dim]", highlight=False)
 
+    # The peer's services and Python are checked first (nothing is measured yet); it runs at the end.
+    python_for_peer: Path | None = None
+    peer_skipped: str | None = None
+    if not args.peer or "peer" in skip:
+        peer_skipped = "not run (--no-peer or --skip peer)"
+    elif reason := peer_unavailable():
+        peer_skipped = f"skipped: {reason}"
+        console.print(f"Redis-lock peer comparison skipped: {reason}.", highlight=False)
+    else:
+        with console.status("preparing the Redis-lock peer's Python…"):
+            python_for_peer, how = peer_python(log_dir / "peer-venv.log")
+        if python_for_peer is None:
+            peer_skipped = f"skipped: {how}"
+            console.print(f"Redis-lock peer comparison skipped: {how}.", highlight=False)
+        else:
+            console.print(f"[dim]{how}[/dim]", highlight=False)
+
     broker = EmbeddedBroker().start(log_dir / "broker.log")
     postgres = EmbeddedPostgres(tmp / "pgdata").start()
+    baton_runs: list[BatonRun] = []
+    lats: list[LatencyResult] = []
+    projector_batches: dict[str, list[list[float]]] = {}
+    spy_roles: list[tuple[str, Path]] = []
+    fold = naive = bare = None
     try:
         base = Settings(
             kafka_bootstrap_servers=broker.bootstrap_servers, database_url=postgres.fresh_database("bench"),
@@ -823,60 +1068,72 @@ async def run(args: argparse.Namespace) -> None:
             topic_partitions=args.partitions, tenants_file=ROOT / "examples" / "tenants.toml",
             data_dir=tmp / "runtime", api_port=free_port(),  # log_level stays "info", as `baton dev` runs
         )
-        ingest = lat = None
-        projector_batches: list[list[float]] = []
-        spy_roles: list[tuple[str, Path]] = []
-        if not {"ingest", "latency"} <= skip:
-            runtime = Runtime(base)
+        postmaster = int((tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
+        for count in args.worker_counts:
+            do_ingest = "ingest" not in skip
+            do_latency = "latency" not in skip and count == args.latency_workers
+            if not (do_ingest or do_latency):
+                continue
+            tag, key = workers_name(count), f"w{count}"
+            # A fresh runtime per worker count: its own group, topics and read models, the same services.
+            runtime = Runtime(base.model_copy(update={
+                "app_id": f"bench-{run_id}-{key}", "topic_prefix": f"bench-{run_id}-{key}.",
+                "database_url": postgres.fresh_database(f"bench_{key}"), "data_dir": tmp / f"runtime-{key}",
+                "api_port": 0}), workers=count)
+            probe_out = tmp / f"projector_batches-{key}.json"
             try:
-                with console.status("starting worker, projector (timed) and API…"):
-                    runtime.start(roles=("worker", "api"))
-                    probe_out = tmp / "projector_batches.json"
+                with console.status(f"starting {tag}, projector (timed) and API…"):
+                    runtime.start(roles=tuple(role for role in runtime.roles if role != "projector"))
                     runtime.processes["projector"] = spawn(
                         [sys.executable, "-m", "bench.projector_probe"],
                         child_env(**settings_env(runtime.settings), BENCH_PROJECTOR_OUT=str(probe_out)),
                         runtime.log_dir / "projector.log")
                     token = issue_token(runtime.settings, TENANT)
                     warm_s = await warm_up(runtime, token)
-                console.print(f"[dim]warm-up message answered end to end in {warm_s:.1f} s[/dim]")
+                    group = await wait_for_group(runtime.settings, count)
+                console.print(f"[dim]{tag}: warm-up message answered end to end in {warm_s:.1f} s; {group}[/dim]",
+                              highlight=False)
                 roles = {p.pid: role for role, p in runtime.processes.items()}
-                postmaster = int((tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
                 spies = []
-                if profile == "py-spy":
+                if profile == "py-spy" and do_ingest:
                     for role, process in runtime.processes.items():
-                        out = tmp / f"{role}.spy.txt"
+                        out = tmp / f"{key}-{role}.spy.txt"
                         spies.append(spawn(
                             [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(process.pid),
                              "-r", "100", "--format", "raw", "-o", str(out)], None, None))
-                        spy_roles.append((role, out))
-                if "ingest" not in skip:
-                    with console.status(f"1. ingesting {n} events over HTTP…"):
+                        spy_roles.append((f"{role}, {tag}", out))
+                if do_ingest:
+                    with console.status(f"1. ingesting {n} events over HTTP ({tag})…"):
                         records_before = await log_records(runtime.settings)
                         meter = CpuMeter(roles, broker.process.pid, postmaster).start()
-                        ingest = await ingest_to_projection(runtime, token, n, contacts, run_id)
-                        cpu_rows["1. ingest → projection"] = meter.stop()
-                        notes.append("1. " + amplification(records_before, await log_records(runtime.settings), n))
-                    console.print(f"[dim]1. done at {time.perf_counter() - t_all:.0f} s[/dim]")
+                        ingest = await ingest_to_projection(runtime, token, n, contacts, f"{run_id}{key}")
+                        cpu = meter.stop()
+                        records_after = await log_records(runtime.settings)
+                    cpu_rows[f"1. ingest, {tag}"] = cpu
+                    notes.append(f"1. ({tag}) " + amplification(records_before, records_after, n))
+                    baton_runs.append(BatonRun(count, ingest, cpu, records_added(records_before, records_after)))
+                    console.print(f"[dim]1. ({tag}) done at {time.perf_counter() - t_all:.0f} s[/dim]")
                 for spy in spies:
-                    spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+                    spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
                 for spy in spies:
                     spy.wait(30)
                 runtime.check_alive()
-                if "latency" not in skip:
-                    with console.status(f"2. open-loop webhooks at {args.rate}/s for {args.seconds:.0f} s…"):
-                        meter = CpuMeter(roles, broker.process.pid, postmaster).start()
-                        lat = await latency(runtime, token, args.rate, args.seconds, args.latency_contacts, run_id,
-                                            get_budget=args.get_budget, drain_s=args.drain,
-                                            max_inflight=args.max_inflight)
-                        cpu_rows["2. latency run"] = meter.stop()
-                    console.print(f"[dim]2. done at {time.perf_counter() - t_all:.0f} s[/dim]")
-                runtime.check_alive()
+                if do_latency:
+                    for k, per_s in enumerate(args.rate_list):
+                        with console.status(f"2. open-loop webhooks at {per_s}/s for {args.seconds:.0f} s ({tag})…"):
+                            meter = CpuMeter(roles, broker.process.pid, postmaster).start()
+                            lats.append(await latency(
+                                runtime, token, per_s, args.seconds, args.latency_contacts, f"{run_id}r{per_s}",
+                                get_budget=args.get_budget, drain_s=args.drain, max_inflight=args.max_inflight,
+                                prefix=f"3{4 + k}69", workers=count))
+                            cpu_rows[f"2. {per_s}/s, {tag}"] = meter.stop()
+                        console.print(f"[dim]2. ({per_s}/s, {tag}) done at {time.perf_counter() - t_all:.0f} s[/dim]")
+                        runtime.check_alive()
             finally:
                 runtime.stop()
             if probe_out.exists():
-                projector_batches = json.loads(probe_out.read_text())
+                projector_batches[tag] = json.loads(probe_out.read_text())
 
-        fold = naive = bare = None
         if "fold" not in skip or "baselines" not in skip:
             fold_settings = base.model_copy(update={
                 "app_id": f"bench-fold-{run_id}", "topic_prefix": f"bench-fold-{run_id}.", "data_dir": tmp / "fold"})
@@ -890,13 +1147,12 @@ async def run(args: argparse.Namespace) -> None:
                           f"({fold_n * (1 + len(raw_topics)) / preload_s:,.0f} rec/s, one record per batch)[/dim]")
             if "fold" not in skip:
                 with console.status("3. the Baton worker folding the pre-loaded records…"):
-                    postmaster = int((tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
                     fold, fold_cpu = await fold_rate(fold_settings, fold_n, log_dir, profile, tmp,
                                                      CpuMeter({}, broker.process.pid, postmaster))
                     if fold_cpu:
                         cpu_rows["3. fold worker, first batch → idle"] = fold_cpu
                     notes.append("3. " + amplification({}, await log_records(fold_settings), fold_n))
-                    for table_name in ("sessions", "effects"):
+                    for table_name in ("sessions", "conversations-ledger"):
                         records, same, empty = await redundant_writes(fold_settings, table_name)
                         notes.append(f"3. {table_name} changelog: {records:,} records; {same:,} "
                                      f"({100 * same / max(records, 1):.0f}%) identical to the key's previous value, "
@@ -913,11 +1169,23 @@ async def run(args: argparse.Namespace) -> None:
         broker.stop()
         postgres.stop()
 
+    peer: PeerResult | None = None
+    if python_for_peer is not None:
+        # After Baton's services stopped: the peer has the machine to itself, as Baton had in (1).
+        with console.status(f"5. the Redis-lock peer: {n:,} messages, {contacts:,} contacts, {args.peer_runs} run(s)…"):
+            peer = await run_peer(python_for_peer, n, contacts, args.peer_runs, log_dir)
+        if not peer.runs:
+            peer_skipped = (f"failed: {peer.error or 'no RESULT line'}, exit code {peer.exit_code}; "
+                            f"see {log_dir / 'peer.log'}")
+        console.print(f"[dim]5. done at {time.perf_counter() - t_all:.0f} s (peer exit code {peer.exit_code}"
+                      f"{', ' + peer.error if peer.error else ''})[/dim]", highlight=False)
+
     # ------------------------------------------------------------ print
     console.print()
-    if ingest:
-        table = Table(title=f"1. Ingest → projection: {ingest.events:,} message.received over POST /v1/events "
-                            f"({ingest.requests} requests of ≤500, {ingest.contacts:,} contacts)")
+    for done in baton_runs:
+        ingest = done.ingest
+        table = Table(title=f"1. Ingest → projection, {done.name}: {ingest.events:,} message.received over POST "
+                            f"/v1/events ({ingest.requests} requests of ≤500, {ingest.contacts:,} contacts)")
         for col in ("stage (from the first POST)", "seconds", "events/s", "note"):
             table.add_column(col, justify="left" if col.startswith(("stage", "note")) else "right")
         table.add_row("HTTP ingest accepted (202)", f"{ingest.ingest_s:.2f}", rate(ingest.events, ingest.ingest_s),
@@ -930,7 +1198,7 @@ async def run(args: argparse.Namespace) -> None:
                       rate(ingest.events, ingest.replied_s or 0),
                       f"{ingest.sent:,} seen; log records per message below")
         console.print(table)
-    if lat:
+    for lat in lats:
         console.print(latency_table(lat))
         console.print(f"   {latency_trend(lat)}", highlight=False)
         ok = sum(d.status == 200 for d in lat.deliveries)
@@ -946,16 +1214,19 @@ async def run(args: argparse.Namespace) -> None:
             f"{lat.gets} GETs (budget {lat.get_budget}/s, {lat.get_errors} failed), {lat.sql_probes} SQL probes; "
             f"waited {lat.drain_s:.1f} s after the last due time.", highlight=False)
     if projector_batches:
-        table = Table(title="Projector batches during 1 + 2 (bench/projector_probe.py)")
-        for col in ("window", "batches", "records", "mean batch", "_project s", "events INSERT s",
+        table = Table(title="Projector batches during 1 + 2 (bench/projector_probe.py), per runtime")
+        for col in ("runtime", "batches", "records", "mean batch", "_project s", "events INSERT s",
                     "sessions UPSERT s", "offsets s", "rest (decode, commit) s"):
-            table.add_column(col, justify="left" if col == "window" else "right")
-        b = projector_batches
-        total = sum(x[4] for x in b)
-        ev, se, of = sum(x[5] for x in b), sum(x[6] for x in b), sum(x[7] for x in b)
-        recs = sum(x[1] for x in b)
-        table.add_row("whole run", str(len(b)), f"{recs:,}", f"{recs / len(b):,.0f}", f"{total:.2f}",
-                      f"{ev:.2f}", f"{se:.2f}", f"{of:.2f}", f"{total - ev - se - of:.2f}")
+            table.add_column(col, justify="left" if col == "runtime" else "right")
+        for tag, b in projector_batches.items():
+            if not b:
+                table.add_row(tag, "0", "", "", "", "", "", "", "")
+                continue
+            total = sum(x[4] for x in b)
+            ev, se, of = sum(x[5] for x in b), sum(x[6] for x in b), sum(x[7] for x in b)
+            recs = sum(x[1] for x in b)
+            table.add_row(tag, str(len(b)), f"{recs:,}", f"{recs / len(b):,.0f}", f"{total:.2f}",
+                          f"{ev:.2f}", f"{se:.2f}", f"{of:.2f}", f"{total - ev - se - of:.2f}")
         console.print(table)
     if fold or naive or bare:
         table = Table(title=f"3 + 4. Fold rate over {fold_n:,} pre-loaded records, {args.partitions} partitions, "
@@ -1004,6 +1275,18 @@ async def run(args: argparse.Namespace) -> None:
         table.add_row("total", *(f"{sum(used.values()):.1f} s = {sum(used.values()) / wall:.2f}"
                                  for wall, used in cpu_rows.values()))
         console.print(table)
+    if peer and peer.runs:
+        for res in peer.runs:
+            failed = [name for name, ok, _ in res["checks"] if not ok]
+            console.print(f"   5. peer run {res['run']}: {res['e2e_msgs_per_s']:,.0f} msgs/s end to end over "
+                          f"{res['e2e_s']:.2f} s ({res['deliveries']:,} deliveries, {res['duplicate_deliveries']:,} "
+                          f"duplicates); {res['lock_retries']:,} lock retries, {res['requeues']:,} requeues, "
+                          f"{res['out_of_order']:,} turns applied out of order; correctness "
+                          + (f"FAIL: {'; '.join(failed)}" if failed else "all checks PASS"), highlight=False)
+    console.print(comparison_table(baton_runs, peer, peer_skipped, n, contacts))
+    if baton_runs or (peer and peer.runs):
+        console.print(cpu_per_message_table(baton_runs, peer))
+    console.print(aims_table(baton_runs, lats, peer))
     if profile == "py-spy":
         for role, path in [("fold worker (3)", tmp / "fold_worker.spy.txt"), *((f"{r} (1)", p) for r, p in spy_roles)]:
             if path.exists():
@@ -1027,6 +1310,140 @@ async def run(args: argparse.Namespace) -> None:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- Baton against the peer, and the aims
+
+def answered_per_s(done: BatonRun) -> float | None:
+    return done.ingest.events / done.ingest.replied_s if done.ingest.replied_s else None
+
+
+def comparison_table(baton_runs: list[BatonRun], peer: PeerResult | None, peer_skipped: str | None,
+                     n: int, contacts: int) -> Table:
+    """One row per Baton worker count and one for the peer: rate, CPU, log records and broker CPU per message."""
+    chosen = peer.chosen if peer else None
+    peer_rate = chosen["e2e_msgs_per_s"] if chosen else None
+    table = Table(title=f"Baton against the Redis-lock peer: {n:,} messages over {contacts:,} contacts, "
+                        "from the first ingest to the last reply")
+    for col in ("system", "answered msgs/s", "CPU ms / answered msg", "log records / answered msg",
+                "broker CPU ms / answered msg", "msgs/s ÷ peer", "note"):
+        table.add_column(col, justify="left" if col in ("system", "note") else "right")
+    for done in baton_runs:
+        wall, used = done.cpu
+        own = baton_cpu(used)
+        per_s = answered_per_s(done)
+        table.add_row(
+            f"Baton ({done.name})",
+            f"{per_s:,.0f}" if per_s else f"timeout ({done.ingest.sent:,} of {n:,})",
+            f"{1000 * sum(own.values()) / n:.2f}", f"{done.records / n:.1f}",
+            f"{1000 * used.get('broker (tansu)', 0.0) / n:.2f}",
+            f"{per_s / peer_rate:.2f}×" if per_s and peer_rate else "-",
+            f"CPU of broker, PostgreSQL, {'worker' if done.workers == 1 else 'workers'}, projector, API and bench "
+            f"load over {wall:.1f} s; {used.get('everything else on the machine', 0.0):.1f} s elsewhere on the machine")
+    if chosen:
+        own = peer_cpu(chosen)
+        failed = sum(not ok for _, ok, _ in chosen["checks"])
+        runs = len(peer.runs)
+        table.add_row(
+            "Redis-lock peer", f"{peer_rate:,.0f}", f"{1000 * sum(own.values()) / chosen['messages']:.2f}",
+            "-", "-", "1.00×",
+            f"{chosen['workers']} workers × {chosen['concurrency']} jobs; +{chosen['duplicate_deliveries']:,} duplicate "
+            f"deliveries; {'median of ' + str(runs) + ' runs; ' if runs > 1 else ''}"
+            f"checks {'FAIL ×' + str(failed) if failed else 'PASS'}; no HTTP tier (driver calls PG/Redis directly)")
+    else:
+        table.add_row("Redis-lock peer", "-", "-", "-", "-", "-", peer_skipped or "not run")
+    return table
+
+
+def cpu_per_message_table(baton_runs: list[BatonRun], peer: PeerResult | None) -> Table:
+    """Where the CPU goes: ms per answered message per component, for each Baton run (1) and the peer."""
+    chosen = peer.chosen if peer else None
+    table = Table(title="Where the CPU goes: CPU ms per answered message (cores) per component, (1) and the peer")
+    table.add_column("component")
+    for done in baton_runs:
+        table.add_column(f"Baton, {done.name} ({done.cpu[0]:.1f} s)", justify="right")
+    if chosen:
+        table.add_column(f"Redis-lock peer ({chosen['e2e_s']:.1f} s)", justify="right")
+    blank = [""] * (len(baton_runs) + (1 if chosen else 0))
+
+    def cell(seconds: float, messages: int, wall: float) -> str:
+        return f"{1000 * seconds / messages:.2f} ({seconds / wall:.2f})"
+
+    names = sorted({name for done in baton_runs for name in baton_cpu(done.cpu[1])})
+    for name in names:
+        row = list(blank)
+        for i, done in enumerate(baton_runs):
+            row[i] = cell(done.cpu[1].get(name, 0.0), done.ingest.events, done.cpu[0])
+        table.add_row(name, *row)
+    if chosen:
+        for name, seconds in peer_cpu(chosen).items():
+            row = list(blank)
+            row[-1] = cell(seconds, chosen["messages"], chosen["e2e_s"])
+            table.add_row(f"peer: {name}", *row)
+    totals_row, rest_row = list(blank), list(blank)
+    for i, done in enumerate(baton_runs):
+        wall, used = done.cpu
+        totals_row[i] = cell(sum(baton_cpu(used).values()), done.ingest.events, wall)
+        rest_row[i] = f"{used.get('everything else on the machine', 0.0) / wall:.2f} cores"
+    if chosen:
+        own = sum(peer_cpu(chosen).values())
+        totals_row[-1] = cell(own, chosen["messages"], chosen["e2e_s"])
+        others = chosen["cpu"].get("_system_busy", 0.0) - own
+        rest_row[-1] = f"{max(0.0, others) / chosen['e2e_s']:.2f} cores"
+    table.add_row("total (the system's own processes)", *totals_row)
+    table.add_row("not counted: rest of the machine (others' tests…)", *rest_row)
+    return table
+
+
+def visible_p99(lat: LatencyResult) -> tuple[float, float, int, int]:
+    """p99 of inbound-turn visibility and of the reply over every delivery (a missing one counts as
+    infinitely late), and how many are missing for each."""
+    seen = [d.visible_sql - d.scheduled for d in lat.deliveries if d.status == 200 and d.visible_sql]
+    replied = [d.replied_sql - d.scheduled for d in lat.deliveries if d.status == 200 and d.replied_sql]
+    total = len(lat.deliveries)
+    missing_seen, missing_replied = total - len(seen), total - len(replied)
+    p_seen = pct(seen + [math.inf] * missing_seen, .99) if total else math.inf
+    p_replied = pct(replied + [math.inf] * missing_replied, .99) if total else math.inf
+    return p_seen, p_replied, missing_seen, missing_replied
+
+
+def aims_table(baton_runs: list[BatonRun], lats: list[LatencyResult], peer: PeerResult | None) -> Table:
+    """Issue 5's aims beside what this run measured."""
+    chosen = peer.chosen if peer else None
+    table = Table(title="Issue 5's aims beside this run's figures")
+    for col in ("aim", "target", "measured", "met"):
+        table.add_column(col, justify="left" if col in ("aim", "measured") else "right")
+
+    def met(ok: bool | None) -> str:
+        return "-" if ok is None else ("yes" if ok else "no")
+
+    for done in baton_runs:
+        per_message = done.records / done.ingest.events
+        table.add_row(f"log records per answered message, {done.name} (1)", "≤ 5", f"{per_message:.1f}",
+                      met(per_message <= 5))
+    for done in baton_runs:
+        per_s = answered_per_s(done)
+        if per_s and chosen:
+            share = per_s / chosen["e2e_msgs_per_s"]
+            table.add_row(f"answered msgs/s against the peer, {done.name}", "≥ 0.5 × peer",
+                          f"{per_s:,.0f} / {chosen['e2e_msgs_per_s']:,.0f} = {share:.2f} × peer", met(share >= 0.5))
+        else:
+            table.add_row(f"answered msgs/s against the peer, {done.name}", "≥ 0.5 × peer",
+                          "peer not run" if per_s else "Baton timed out", "-")
+    for rate_aim, limit, whole in ((500, 1.0, True), (100, 0.4, False)):
+        aim = f"{rate_aim} webhooks/s: inbound turn visible (SQL), p99" + (", nothing missing" if whole else "")
+        target = f"≤ {ms(limit)}" + (", 0 missing" if whole else "")
+        found = [lat for lat in lats if lat.rate == rate_aim]
+        if not found:
+            table.add_row(aim, target, "not measured (add --rates 100,500)", "-")
+        for lat in found:
+            p_seen, p_replied, missing, missing_replies = visible_p99(lat)
+            shown = "not seen within the wait" if math.isinf(p_seen) else ms(p_seen)
+            replies = "not seen" if math.isinf(p_replied) else ms(p_replied)
+            table.add_row(aim, target, f"p99 {shown}, {missing} of {len(lat.deliveries)} missing "
+                                       f"({workers_name(lat.workers)}; reply p99 {replies}, {missing_replies} missing)",
+                          met(p_seen <= limit and (missing == 0 or not whole)))
+    return table
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def main() -> None:
         start = time.perf_counter()
         report = await project(*args, **kwargs)
         BATCHES.append([
-            time.time(), report.records, report.events, report.sessions, time.perf_counter() - start,
+            time.time(), report.records, report.events, report.rows, time.perf_counter() - start,
             _current.get("events", 0.0), _current.get("sessions", 0.0), _current.get("offsets", 0.0),
         ])
         return report

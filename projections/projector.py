@@ -1,4 +1,4 @@
-"""The projector: domain topics and the sessions changelog → PostgreSQL, offsets in the same transaction."""
+"""The projector: every domain's topic and state changelog → PostgreSQL, offsets in the same transaction."""
 
 from __future__ import annotations
 
@@ -14,17 +14,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from psycopg import AsyncConnection, AsyncCursor
 
 from agents.batching import BadRecord, envelope_of
-from agents.folds.conversations import ConversationState, decode_state
 from projections import ProjectionError
 from projections.migrations import apply_migrations
-from projections.writers.conversations import (
-    event_row,
-    session_row,
-    write_events,
-    write_sessions,
-)
-from schemas import DOMAINS
+from projections.writers import ReadModel, write_rows
+from projections.writers.events import event_row, write_events
 from streams.deadletter import dead_letter_record
+from streams.domains import Domain, load_domains, migration_sources
 from streams.publisher import producer_options
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
@@ -45,7 +40,7 @@ class BatchReport:
 
     records: int
     events: int
-    sessions: int
+    rows: int
     dead_letters: int
     offsets: dict[tuple[str, int], int]
 
@@ -55,7 +50,12 @@ OnBatch = Callable[[BatchReport], Awaitable[None] | None]
 
 def domain_topics(settings: Settings) -> list[str]:
     """Every domain topic."""
-    return [settings.topic(domain) for domain in DOMAINS]
+    return [settings.topic(domain.name) for domain in load_domains(settings)]
+
+
+def state_changelogs(settings: Settings) -> dict[str, Domain]:
+    """Each domain by the changelog topic of its state table."""
+    return {changelog_topic(settings, d.state_table): d for d in load_domains(settings)}
 
 
 async def assigned_consumer(settings: Settings, topics: Sequence[str], client_id: str) -> AIOKafkaConsumer:
@@ -102,15 +102,15 @@ async def write_offsets(cur: AsyncCursor, offsets: dict[tuple[str, int], int], c
 
 
 async def run_projector(settings: Settings, stop: asyncio.Event | None = None, on_batch: OnBatch | None = None) -> None:
-    """Project until `stop` is set: archive events, upsert sessions, store offsets, one transaction per batch."""
+    """Project until `stop` is set: archive events, upsert read-model rows, store offsets, one transaction per batch."""
     stop = stop or asyncio.Event()
     await ensure_topics(settings)
-    sessions_topic = changelog_topic(settings, "sessions")
+    changelogs = state_changelogs(settings)
     async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
-        await apply_migrations(conn)
+        await apply_migrations(conn, sources=migration_sources(settings))
         stored = await load_offsets(conn)
         consumer = await assigned_consumer(
-            settings, [*domain_topics(settings), sessions_topic], f"{settings.app_id}-projector"
+            settings, [*domain_topics(settings), *changelogs], f"{settings.app_id}-projector"
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers, client_id=f"{settings.app_id}-projector",
@@ -133,7 +133,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event | None = None, o
                 )
                 if not batch:
                     continue
-                report = await _project(conn, producer, settings, batch, sessions_topic)
+                report = await _project(conn, producer, settings, batch, changelogs)
                 if on_batch is not None and inspect.isawaitable(result := on_batch(report)):
                     await result
         finally:
@@ -143,21 +143,23 @@ async def run_projector(settings: Settings, stop: asyncio.Event | None = None, o
 
 async def _project(
     conn: AsyncConnection, producer: AIOKafkaProducer, settings: Settings,
-    batch: dict[TopicPartition, list[ConsumerRecord]], sessions_topic: str,
+    batch: dict[TopicPartition, list[ConsumerRecord]], changelogs: dict[str, Domain],
 ) -> BatchReport:
     events: list[tuple] = []
-    sessions: list[tuple] = []
+    rows: dict[ReadModel, list[tuple]] = {}
     dead: list[tuple[ConsumerRecord, str]] = []
     offsets: dict[tuple[str, int], int] = {}
     for tp, records in batch.items():
         offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+        domain = changelogs.get(tp.topic)
         for record in records:
             try:
-                if tp.topic == sessions_topic:
-                    if record.value is not None:  # a tombstone deletes nothing from the history
-                        sessions.append(session_row(_state_of(record)))
-                else:
+                if domain is None:
                     events.append(event_row(envelope_of(record), tp.topic, tp.partition, record.offset))
+                elif record.value is not None:  # a tombstone deletes nothing from the history
+                    state = _state_of(domain, record)
+                    for model in domain.read_models:
+                        rows.setdefault(model, []).append(model.row(state))  # type: ignore[misc]
             except (RecordError, BadRecord) as exc:
                 dead.append((record, str(exc)))
     if dead:
@@ -172,16 +174,16 @@ async def _project(
         await asyncio.gather(*futures)
     async with conn.transaction(), conn.cursor() as cur:
         inserted = await write_events(cur, events)
-        upserted = await write_sessions(cur, sessions)
+        upserted = sum([await write_rows(cur, model, model_rows) for model, model_rows in rows.items()])
         await write_offsets(cur, offsets)
     return BatchReport(sum(map(len, batch.values())), inserted, upserted, len(dead), offsets)
 
 
-def _state_of(record: ConsumerRecord) -> ConversationState:
+def _state_of(domain: Domain, record: ConsumerRecord) -> object:
     try:
-        return decode_state(record.value)
-    except msgspec.DecodeError as exc:
-        raise RecordError(f"decode state: {exc}") from None
+        return domain.state_codec.decode(record.value)
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise RecordError(f"decode {domain.name} state: {exc}") from None
 
 
 def main(settings: Settings) -> None:

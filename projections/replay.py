@@ -15,27 +15,21 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.batching import BadRecord, Record, envelope_of, fold_batch
-from agents.folders import conversation_folder
-from agents.folds.conversations import ConversationState
 from projections import ProjectionError
 from projections.migrations import apply_migrations
-from projections.projector import assigned_consumer, domain_topics, load_offsets
-from projections.writers.conversations import (
-    event_row,
-    session_row,
-    write_events,
-    write_sessions,
-)
+from projections.projector import assigned_consumer, load_offsets, state_changelogs
+from projections.writers import write_rows
+from projections.writers.events import EVENTS, event_row, write_events
+from streams.domains import domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
-from streams.topics import changelog_topic
+from streams.topics import log_end_offsets
 
 LIVE_SCHEMA = "public"
 SHADOW_SCHEMA = "replay_shadow"
 WRITE_CHUNK = 5000
 STALL_S = 30.0
-# Tables diffed, with their keys. projector_offsets and schema_migrations record how far a process got,
-# not what the log says, so they are not read models and are not compared.
-COMPARED: tuple[tuple[str, str], ...] = (("events", "event_id"), ("conversation_sessions", "session_id"))
+# Tables diffed: the events archive and every domain's read models. projector_offsets and schema_migrations
+# record how far a process got, not what the log says, so they are not read models and are not compared.
 # The only columns a faithful rebuild may change: wall-clock time of the write. Everything else, including
 # events.topic/partition/offset (the earliest copy of a redelivered event wins in both), must be equal.
 IGNORED_COLUMNS = frozenset({"projected_at"})
@@ -84,7 +78,7 @@ class ReplayReport:
     schema: str
     records: int
     events: int
-    sessions: int
+    rows: dict[str, int]
     not_archived: int
     not_folded: int
     verified: bool
@@ -101,9 +95,10 @@ class ReplayReport:
 
     def render(self) -> RenderableType:
         """A rich rendering for the CLI."""
+        rebuilt = "".join(f", {count} {table} rows" for table, count in self.rows.items())
         summary = Text(
-            f"Replayed {self.records} records into schema {self.schema}: {self.events} events, "
-            f"{self.sessions} sessions ({self.not_archived} records not archived, {self.not_folded} not folded;"
+            f"Replayed {self.records} records into schema {self.schema}: {self.events} events{rebuilt} "
+            f"({self.not_archived} records not archived, {self.not_folded} not folded;"
             " both are in the dead-letter topic)."
         )
         if not self.verified:
@@ -128,7 +123,8 @@ class ReplayReport:
 class _Rebuild:
     records: int = 0
     events: dict[uuid.UUID, tuple] = field(default_factory=dict)
-    sessions: dict[uuid.UUID, ConversationState] = field(default_factory=dict)
+    # read-model table -> key -> row; the last row per key wins, as in the projector's upsert
+    rows: dict[str, dict[object, tuple]] = field(default_factory=dict)
     not_archived: int = 0
     not_folded: int = 0
 
@@ -142,37 +138,45 @@ async def replay(
         raise ReplayError("replay never writes into the live schema")
     rebuild, lag_ends = await _read_log(settings, progress)
     async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
-        await _write_shadow(conn, schema, rebuild)
+        await _write_shadow(conn, settings, schema, rebuild)
         tables: tuple[TableDiff, ...] = ()
         lag = None
         if verify:
-            await apply_migrations(conn, LIVE_SCHEMA)
+            await apply_migrations(conn, LIVE_SCHEMA, migration_sources(settings))
             stored = await load_offsets(conn)
             lag = sum(max(0, end - stored.get((tp.topic, tp.partition), 0)) for tp, end in lag_ends.items())
-            tables = tuple([await diff_table(conn, name, key, schema, sample=sample) for name, key in COMPARED])
+            tables = tuple([await diff_table(conn, name, key, schema, sample=sample)
+                            for name, key in compared_tables(settings)])
     return ReplayReport(
-        schema=schema, records=rebuild.records, events=len(rebuild.events), sessions=len(rebuild.sessions),
+        schema=schema, records=rebuild.records, events=len(rebuild.events),
+        rows={table: len(rows) for table, rows in rebuild.rows.items()},
         not_archived=rebuild.not_archived, not_folded=rebuild.not_folded, verified=verify, live_lag=lag,
         tables=tables,
     )
 
 
+def compared_tables(settings: Settings) -> list[tuple[str, str]]:
+    """(table, key) of every table `replay --verify` diffs: the events archive, then each domain's read models."""
+    return [(EVENTS.table, EVENTS.key)] + [
+        (model.table, model.key) for domain in load_domains(settings) for model in domain.read_models
+    ]
+
+
 async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Rebuild, dict[TopicPartition, int]]:
     """Fold and archive every domain record up to the end offsets seen at start."""
-    folders = {settings.topic("conversations"): conversation_folder(settings)}
-    consumer = await assigned_consumer(settings, domain_topics(settings), f"{settings.app_id}-replay")
+    domains = domain_of_topic(settings)
+    folders = {topic: domain.folder(settings) for topic, domain in domains.items()}
+    consumer = await assigned_consumer(settings, list(domains), f"{settings.app_id}-replay")
     try:
         tps = sorted(consumer.assignment())
-        if missing := {tp.topic for tp in tps} - folders.keys():
-            raise ReplayError(f"no fold for topics {sorted(missing)}")
-        changelog = changelog_topic(settings, "sessions")
-        changelog_tps = [TopicPartition(changelog, p) for p in sorted(consumer.partitions_for_topic(changelog) or ())]
+        changelog_tps = [TopicPartition(changelog, p) for changelog in state_changelogs(settings)
+                         for p in sorted(consumer.partitions_for_topic(changelog) or ())]
         starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps + changelog_tps)
+        ends = await log_end_offsets(settings, tps + changelog_tps)
         await consumer.seek_to_beginning(*tps)
         total = sum(ends[tp] - starts[tp] for tp in tps)
         rebuild = _Rebuild()
-        states: dict[str, ConversationState | None] = {}
+        states: dict[str, object] = {}
         pending = {tp for tp in tps if ends[tp] > starts[tp]}
         if progress:
             progress(0, total)
@@ -186,7 +190,9 @@ async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Reb
                                     states.get, folders[tp.topic])
                 for key, state in result.writes:
                     states[key] = state
-                    rebuild.sessions[state.session_id] = state
+                    for model in domains[tp.topic].read_models:
+                        row = model.row(state)  # type: ignore[misc]
+                        rebuild.rows.setdefault(model.table, {})[row[0]] = row
                 rebuild.not_folded += len(result.dead)
                 rebuild.records += len(kept)
             for tp in list(pending):
@@ -213,16 +219,18 @@ def _archive(rebuild: _Rebuild, tp: TopicPartition, records: Sequence) -> None:
         rebuild.events.setdefault(row[0], row)
 
 
-async def _write_shadow(conn: AsyncConnection, schema: str, rebuild: _Rebuild) -> None:
+async def _write_shadow(conn: AsyncConnection, settings: Settings, schema: str, rebuild: _Rebuild) -> None:
     """Drop and recreate the shadow schema with the live migrations and writers, in one transaction."""
+    models = {model.table: model for domain in load_domains(settings) for model in domain.read_models}
     async with conn.transaction():
         await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        await apply_migrations(conn, schema)
+        await apply_migrations(conn, schema, migration_sources(settings))
         async with conn.cursor() as cur:
             for chunk in _chunks(list(rebuild.events.values())):
                 await write_events(cur, chunk, schema)
-            for chunk in _chunks([session_row(state) for state in rebuild.sessions.values()]):
-                await write_sessions(cur, chunk, schema)
+            for table, rows in rebuild.rows.items():
+                for chunk in _chunks(list(rows.values())):
+                    await write_rows(cur, models[table], chunk, schema)
 
 
 async def diff_table(

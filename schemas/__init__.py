@@ -1,12 +1,14 @@
 """Event envelope, per-domain payloads, and the one codec (no faust, no psycopg)."""
 
+from schemas.catalog import EventCatalog
 from schemas.codec import (
-    DOMAINS,
     Registration,
+    catalogs,
     decode,
     encode,
     new_event,
     payload_from_builtins,
+    register_catalog,
     registration,
     registration_of,
     stream_id_for,
@@ -26,8 +28,8 @@ from schemas.errors import (
 )
 
 __all__ = [
-    "DOMAINS", "DecodeError", "Envelope", "Payload", "Registration", "SchemaError",
-    "UnknownEventType", "UnsupportedSchemaVersion", "decode", "derived_event_id", "emitted",
-    "encode", "new_event", "payload_from_builtins", "registration", "registration_of", "source_event_id",
-    "stream_id_for",
+    "DecodeError", "Envelope", "EventCatalog", "Payload", "Registration", "SchemaError",
+    "UnknownEventType", "UnsupportedSchemaVersion", "catalogs", "decode", "derived_event_id", "emitted",
+    "encode", "new_event", "payload_from_builtins", "register_catalog", "registration", "registration_of",
+    "source_event_id", "stream_id_for",
 ]

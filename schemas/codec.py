@@ -8,13 +8,14 @@ from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
-from schemas.conversations import (
-    CONVERSATION_EVENTS,
-    CONVERSATION_INGESTIBLE,
-    conversation_stream_id,
-)
+from schemas.catalog import EventCatalog
 from schemas.envelope import Envelope, Payload
-from schemas.errors import DecodeError, UnknownEventType, UnsupportedSchemaVersion
+from schemas.errors import (
+    DecodeError,
+    SchemaError,
+    UnknownEventType,
+    UnsupportedSchemaVersion,
+)
 from schemas.upcasters import UPCASTERS
 
 
@@ -28,16 +29,10 @@ class Registration(NamedTuple):
     ingestible: bool
 
 
-# Current schema version per type; bump together with an upcaster in schemas.upcasters.
-_VERSIONS: dict[str, int] = {}
-
-_REGISTRY: dict[str, Registration] = {
-    name: Registration(name, cls, _VERSIONS.get(name, 1), "conversations", name in CONVERSATION_INGESTIBLE)
-    for name, cls in CONVERSATION_EVENTS.items()
-}
-_BY_CLASS: dict[type[Payload], Registration] = {r.payload: r for r in _REGISTRY.values()}
-
-DOMAINS: tuple[str, ...] = tuple(sorted({r.domain for r in _REGISTRY.values()}))
+# Filled by register_catalog when a domain's schemas module is imported.
+_REGISTRY: dict[str, Registration] = {}
+_BY_CLASS: dict[type[Payload], Registration] = {}
+_CATALOGS: dict[str, EventCatalog] = {}
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -59,7 +54,31 @@ class _Header(msgspec.Struct, frozen=True, kw_only=True):
 
 _encoder = msgspec.json.Encoder()
 _header_decoder = msgspec.json.Decoder(_Header)
-_payload_decoders = {name: msgspec.json.Decoder(r.payload) for name, r in _REGISTRY.items()}
+_payload_decoders: dict[str, msgspec.json.Decoder] = {}
+
+
+def register_catalog(catalog: EventCatalog) -> EventCatalog:
+    """Make a domain's event types known to the codec; registering the same catalog again is a no-op."""
+    if _CATALOGS.get(catalog.domain) is catalog:
+        return catalog
+    if catalog.domain in _CATALOGS:
+        raise SchemaError(f"domain {catalog.domain!r} is registered twice")
+    if clash := sorted(set(catalog.events) & _REGISTRY.keys()):
+        raise SchemaError(f"event types {clash} of {catalog.domain!r} are already registered")
+    if stray := sorted(catalog.ingestible - catalog.events.keys()):
+        raise SchemaError(f"{catalog.domain!r} declares unknown ingestible types {stray}")
+    _CATALOGS[catalog.domain] = catalog
+    for name, cls in catalog.events.items():
+        reg = Registration(name, cls, catalog.versions.get(name, 1), catalog.domain, name in catalog.ingestible)
+        _REGISTRY[name] = reg
+        _BY_CLASS[cls] = reg
+        _payload_decoders[name] = msgspec.json.Decoder(cls)
+    return catalog
+
+
+def catalogs() -> dict[str, EventCatalog]:
+    """The registered catalogs by domain name."""
+    return dict(_CATALOGS)
 
 
 def registration(event_type: str) -> Registration:
@@ -77,10 +96,7 @@ def registration_of(payload: Payload) -> Registration:
 
 def stream_id_for(tenant_id: str, payload: Payload) -> str:
     """The stream id (Kafka key) a payload belongs to; clients never choose it."""
-    domain = registration_of(payload).domain
-    if domain == "conversations":
-        return conversation_stream_id(tenant_id, payload.contact)  # type: ignore[attr-defined]
-    raise DecodeError(f"no stream id rule for domain {domain!r}")
+    return _CATALOGS[registration_of(payload).domain].stream_id(tenant_id, payload)
 
 
 def new_event(

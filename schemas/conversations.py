@@ -8,6 +8,8 @@ from typing import Literal, get_args
 
 import msgspec
 
+from schemas.catalog import EventCatalog
+from schemas.codec import register_catalog
 from schemas.envelope import Payload
 
 Lane = Literal["info", "commerce", "support"]
@@ -168,3 +170,10 @@ CONVERSATION_EVENTS: dict[str, type[Payload]] = {
 CONVERSATION_INGESTIBLE: frozenset[str] = frozenset(
     {"conversation.message.received", "conversation.status.updated"}
 )
+
+CATALOG = register_catalog(EventCatalog(
+    domain="conversations",
+    events=CONVERSATION_EVENTS,
+    ingestible=CONVERSATION_INGESTIBLE,
+    stream_id=lambda tenant_id, payload: conversation_stream_id(tenant_id, payload.contact),  # type: ignore[attr-defined]
+))

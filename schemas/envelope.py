@@ -42,8 +42,14 @@ def derived_event_id(cause_id: uuid.UUID, index: int) -> uuid.UUID:
 
 def emitted(cause: Envelope, index: int, payload: Payload, *, actor: str,
             occurred_at: datetime | None = None) -> Envelope:
-    """Envelope for an event caused by `cause`; event time defaults to the cause's."""
-    from schemas.codec import registration_of  # the registry imports this module
+    """Envelope for an event caused by `cause`; event time defaults to the cause's.
+
+    The stream id follows from the payload, so an event for another domain goes under that domain's key.
+    """
+    from schemas.codec import (  # the registry imports this module
+        registration_of,
+        stream_id_for,
+    )
 
     registration = registration_of(payload)
     return Envelope(
@@ -51,7 +57,7 @@ def emitted(cause: Envelope, index: int, payload: Payload, *, actor: str,
         type=registration.type,
         schema_version=registration.version,
         tenant_id=cause.tenant_id,
-        stream_id=cause.stream_id,
+        stream_id=stream_id_for(cause.tenant_id, payload),
         occurred_at=occurred_at or cause.occurred_at,
         recorded_at=occurred_at or cause.recorded_at,
         correlation_id=cause.correlation_id,

@@ -1,4 +1,16 @@
-"""Errors raised by the schemas package."""
+"""Errors raised by the schemas package, and where in a document they are."""
+
+import re
+
+_AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+
+
+def locate(message: str, prefix: str = "") -> str:
+    """A msgspec error 'X - at `$.a[0]`' rewritten as 'prefix.a[0]: X'."""
+    match = _AT.match(message)
+    path, message = (prefix + match["path"], match["message"]) if match else (prefix, message)
+    path = path.lstrip(".")
+    return f"{path}: {message}" if path else message
 
 
 class SchemaError(Exception):

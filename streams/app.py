@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 import faust
@@ -21,6 +22,14 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
         # Faust hard-codes a 1500 ms fetch wait; Tansu answers a parked fetch only when it expires.
         consumer._fetch_max_wait_ms = self.app.fetch_wait_ms
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        # With the broker gone, aiokafka's Fetcher.close() re-raises the cancellation of a fetch in its retry
+        # backoff; escaping the thread, it keeps mode from reporting the shutdown and Worker.stop() waits forever.
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            pass
 
     async def _fetch_records(self, consumer, active_partitions, timeout=None, max_records=None):
         # Faust hands over its live set of active partitions, which recovery may empty meanwhile, and
@@ -50,6 +59,14 @@ class _Consumer(faust_kafka.Consumer):
         self._log_start = dict(await self.earliest_offsets(*fresh)) if fresh else {}
         for tp, offset in self._log_start.items():
             await self.seek(tp, offset)
+
+    async def _commit_tps(self, tps, start_new_transaction: bool) -> bool:
+        # Agents may keep table writes in memory (coalesced per key); they must reach the changelog before the
+        # offsets of the records they include are committed. The hooks are synchronous and the offsets are taken
+        # right after them, so no agent batch can be acked in between.
+        for hook in self.app.before_commit:
+            hook()
+        return await super()._commit_tps(tps, start_new_transaction)
 
     def _new_offset(self, tp: TP) -> int | None:
         # Faust commits the first run of acked offsets even when the record at the commit position
@@ -83,6 +100,11 @@ class BatonApp(faust.App):
 
     fetch_wait_ms: int = 500
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Synchronous callables run before every offset commit (see _Consumer._commit_tps).
+        self.before_commit: list[Callable[[], None]] = []
+
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)
 
@@ -114,7 +136,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         table_standby_replicas=0,
-        datadir=str(settings.data_dir / "worker"),
+        datadir=str(settings.worker_data_dir or settings.data_dir / "worker"),
         **(embedded if settings.embedded else {"producer_linger": 0.005, "producer_acks": -1}),
     )
     app.fetch_wait_ms = settings.fetch_wait_ms

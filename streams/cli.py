@@ -47,16 +47,17 @@ def _connected_settings(database: bool = True) -> Settings:
 
 @cli.command()
 def dev(
-    port: Annotated[int, typer.Option(help="API port.")] = 8080,
+    port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 8080,
     demo: Annotated[bool, typer.Option(help="Push signed example WhatsApp conversations through the webhook.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes; one consumer group splits the partitions.")] = 1,
 ) -> None:
-    """Run broker, PostgreSQL, worker, projector and API on this machine (embedded unless configured)."""
+    """Run broker, PostgreSQL, workers, projector and API on this machine (embedded unless configured), supervised."""
     from streams.auth import issue_token
     from streams.runtime import Runtime, RuntimeFailure
 
-    runtime = Runtime(get_settings().model_copy(update={"api_port": port}))
-    stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    runtime = Runtime(get_settings().model_copy(update={"api_port": port}), workers=workers)
+    # SIGTERM stops like Ctrl-C, also while starting; children die with this process in any case.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with console.status("Starting broker, PostgreSQL, worker, projector and API…"):
             runtime.start()
@@ -72,7 +73,9 @@ def dev(
         table.add_row("Webhook", f"{runtime.api_url}/v1/webhooks/whatsapp")
         table.add_row("Kafka", f"{settings.kafka_bootstrap_servers} ({settings.broker_profile})")
         table.add_row("PostgreSQL", str(settings.database_url))
+        table.add_row("Workers", ", ".join(r for r in runtime.roles if r.startswith("worker")))
         table.add_row("Logs", str(runtime.log_dir))
+        table.add_row("Processes", str(settings.data_dir / "pids.json"))
         table.add_row(f"Dev token ({tenant})", token)
         console.print(table)
         console.print(f'curl -H "Authorization: Bearer {token}" {runtime.api_url}/v1/conversations', soft_wrap=True)
@@ -82,15 +85,18 @@ def dev(
             contacts = run_demo(runtime.api_url, settings, tenants.by_id[tenant], token)
             console.print(f"Demo conversations sent for {', '.join(contacts)}; see {runtime.api_url}/v1/conversations")
         console.print("Press Ctrl-C to stop.")
-        while not stop["requested"]:
-            runtime.check_alive()
+        while True:
+            for restart in runtime.supervise():
+                console.print(str(restart), style="yellow", markup=False, soft_wrap=True)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     except RuntimeFailure as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        err_console.print(f"{exc}; stopping.", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the stop itself is bounded (< 10 s): let it finish
+            signal.signal(sig, signal.SIG_IGN)
         with console.status("Stopping…"):
             runtime.stop()
         console.print("Stopped.")

@@ -11,6 +11,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from streams.settings import Settings
+from streams.topics import log_end_offsets
 
 Encoding = Literal["utf-8", "base64"]
 
@@ -82,7 +83,7 @@ async def list_dead_letters(settings: Settings, limit: int = 50) -> list[DeadLet
             return []
         consumer.assign(tps)
         starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await log_end_offsets(settings, tps)
         for tp in tps:
             consumer.seek(tp, max(starts[tp], ends[tp] - limit))
         pending = {tp for tp in tps if ends[tp] > starts[tp]}

@@ -13,7 +13,17 @@ Any other field, `tenant_id` included, is rejected: the tenant comes from the be
 the stream id from the payload. Error paths are relative to the body: `payload.contact`,
 `events[3].payload.contact` or `[3].payload.contact`.
 
-Dependencies come from `request.app.state`: `settings`, `publisher` and `tenants`.
+Validation is all or nothing: one bad event rejects the whole body with a 4xx and nothing reaches the log.
+Publishing is not: Kafka without transactions cannot append a batch spread over several partitions
+atomically, so a broker failure part-way through answers 503 after some of the events may have been
+stored. Retrying the same request is safe for events with a `source_id`: they get the same ids again, and
+the log then holds some of them twice with one id, which folds skip and projections upsert, so each is
+applied once. An event without a `source_id` gets a new id per request, so a retry may apply it twice
+(an inbound message is still deduplicated by its `whatsapp_message_id`): give a `source_id` to every event
+that must not be applied twice. The WhatsApp webhook has the same contract, and Meta's retries reuse the
+message ids its event ids derive from.
+
+Dependencies come from `request.app.state`: `settings` and `publisher`.
 """
 
 from __future__ import annotations
@@ -25,7 +35,6 @@ from typing import Annotated, Any
 import msgspec
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import PlainTextResponse
 
 from schemas import (
     DecodeError,
@@ -37,7 +46,7 @@ from schemas import (
     registration,
     source_event_id,
 )
-from streams import whatsapp
+from schemas.errors import locate
 from streams.auth import Tenant
 from streams.publisher import Publisher, PublishError
 
@@ -94,17 +103,15 @@ def parse_json(body: bytes) -> Any:
 
 
 def ingest_router() -> APIRouter:
-    """Routes for event ingest and the WhatsApp webhook."""
+    """The route producers publish any domain's ingestible events through."""
     router = APIRouter(tags=["ingest"])
     router.add_api_route("/v1/events", ingest_events, methods=["POST"], status_code=202)
-    router.add_api_route("/v1/webhooks/whatsapp", verify_whatsapp, methods=["GET"],
-                         response_class=PlainTextResponse)
-    router.add_api_route("/v1/webhooks/whatsapp", receive_whatsapp, methods=["POST"])
     return router
 
 
 async def ingest_events(request: Request, tenant_id: Tenant, body: JsonBody) -> dict[str, list[str]]:
-    """Validate every event of the body for the caller's tenant, then publish them all (202) or none."""
+    """Validate every event of the body for the caller's tenant (any error: 4xx, nothing published), then
+    publish them: 202 once the broker has them all, 503 when it may have only some (retry: module docstring)."""
     settings = request.app.state.settings
     path, documents = _events_of(parse_json(body))
     if len(documents) > settings.max_batch_events:
@@ -115,36 +122,8 @@ async def ingest_events(request: Request, tenant_id: Tenant, body: JsonBody) -> 
     envelopes = [
         _envelope(tenant_id, document, path.format(i), recorded_at) for i, document in enumerate(documents)
     ]
-    await _publish(request.app.state.publisher, envelopes)
+    await publish(request.app.state.publisher, envelopes)
     return {"event_ids": [str(envelope.event_id) for envelope in envelopes]}
-
-
-async def verify_whatsapp(request: Request) -> PlainTextResponse:
-    """Meta's subscription handshake: echo hub.challenge when hub.verify_token matches."""
-    challenge = whatsapp.verify_subscription(
-        request.query_params, request.app.state.settings.whatsapp_verify_token
-    )
-    if challenge is None:
-        raise HTTPException(403, "verification failed: needs hub.mode=subscribe, the configured "
-                                 "hub.verify_token and a hub.challenge")
-    return PlainTextResponse(challenge)
-
-
-async def receive_whatsapp(request: Request, body: JsonBody) -> dict[str, Any]:
-    """A signed webhook delivery: normalised and published whole, then 200 so Meta does not retry."""
-    state = request.app.state
-    header = request.headers.get("x-hub-signature-256")
-    if not whatsapp.verify_signature(state.settings.whatsapp_app_secret.get_secret_value(), body, header):
-        raise HTTPException(
-            401, "missing X-Hub-Signature-256 header" if header is None
-            else "X-Hub-Signature-256 does not match the body"
-        )
-    try:
-        normalized = whatsapp.normalize(parse_json(body), state.tenants, datetime.now(UTC))
-    except whatsapp.WebhookError as exc:
-        raise HTTPException(422, str(exc)) from None
-    await _publish(state.publisher, normalized.envelopes)
-    return {"accepted": len(normalized.envelopes), "skipped": normalized.skipped}
 
 
 def _events_of(document: Any) -> tuple[str, list[Any]]:
@@ -170,7 +149,7 @@ def _envelope(tenant_id: str, document: Any, path: str, recorded_at: datetime) -
     except UnsupportedSchemaVersion as exc:
         raise _unprocessable(path, "schema_version", str(exc)) from None
     except DecodeError as exc:
-        raise HTTPException(422, whatsapp.locate(str(exc).removeprefix(f"{event.type}: "), path)) from None
+        raise HTTPException(422, locate(str(exc).removeprefix(f"{event.type}: "), path)) from None
     event_id = source_event_id(tenant_id, "ingest", event.source_id) if event.source_id else uuid.uuid4()
     return new_event(
         tenant_id, payload, event_id=event_id, occurred_at=event.occurred_at.astimezone(UTC),
@@ -183,15 +162,19 @@ def _convert(document: Any, kind: Any, path: str) -> Any:
     try:
         return msgspec.convert(document, kind)
     except msgspec.ValidationError as exc:
-        raise HTTPException(422, whatsapp.locate(str(exc), path)) from None
+        raise HTTPException(422, locate(str(exc), path)) from None
 
 
 def _unprocessable(path: str, field: str, message: str) -> HTTPException:
     return HTTPException(422, f"{path}.{field}: {message}".lstrip("."))
 
 
-async def _publish(publisher: Publisher, envelopes: list[Envelope]) -> None:
+async def publish(publisher: Publisher, envelopes: list[Envelope]) -> None:
+    """Publish envelopes and return once the broker has them all; otherwise 503 naming the broker error.
+
+    Some of the envelopes may be on the log after a 503 (no transactions): callers retry with the same ids.
+    """
     try:
         await publisher.publish(envelopes)
     except (PublishError, KafkaError) as exc:
-        raise HTTPException(503, f"events not stored, retry: {exc}") from None
+        raise HTTPException(503, f"events may be only partly stored, retry the request: {exc}") from None

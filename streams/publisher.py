@@ -18,11 +18,12 @@ class PublishError(RuntimeError):
 
 
 def producer_options(settings: Settings) -> dict[str, object]:
-    """Producer settings for the profile; the embedded broker needs one record per batch."""
+    """Producer settings for domain and dead-letter topics: records sent while a request is in flight go
+    together in the next one (group commit). Readers of these topics never trust ListOffsets on the embedded
+    broker (streams.topics.log_end_offsets); only table changelogs keep one record per batch (streams.app)."""
     timeout = {"request_timeout_ms": int(settings.publish_timeout_s * 1000)}
     if settings.embedded:
-        # Tansu's high watermark counts a multi-record batch as one record (DESIGN.md).
-        return {"acks": 1, "max_batch_size": 1, "linger_ms": 0, **timeout}
+        return {"acks": 1, "linger_ms": 0, **timeout}
     return {"acks": "all", "enable_idempotence": True, "linger_ms": 5, **timeout}
 
 

@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
-from projections.api import query_router
 from projections.migrations import apply_migrations
+from streams.domains import load_domains, migration_sources
 from streams.ingest import ingest_router
 from streams.publisher import Publisher
 from streams.settings import Settings
@@ -23,7 +23,7 @@ def create_api(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_topics(settings)
-        await apply_migrations(settings.database_url)
+        await apply_migrations(settings.database_url, sources=migration_sources(settings))
         async with Publisher(settings) as publisher, AsyncConnectionPool(
             settings.database_url, min_size=1, max_size=8, open=False
         ) as pool:
@@ -40,7 +40,9 @@ def create_api(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.tenants = load_tenants(settings.tenants_file)
     app.include_router(ingest_router())
-    app.include_router(query_router())
+    for domain in load_domains(settings):
+        for router in domain.routers():
+            app.include_router(router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -50,13 +52,26 @@ def create_api(settings: Settings) -> FastAPI:
 
 
 def run_api(settings: Settings, port: int | None = None) -> None:
-    """Serve the API with uvicorn until SIGINT/SIGTERM."""
+    """Serve the API with uvicorn until SIGINT/SIGTERM; exit EXIT_ADDRESS_IN_USE when the port is taken."""
+    import errno
+    import socket
+    import sys
+
     import uvicorn
 
-    uvicorn.run(
-        create_api(settings),
-        host=settings.api_host,
-        port=port if port is not None else settings.api_port,
-        log_level="warning",
-        access_log=False,
-    )
+    from streams.runtime import EXIT_ADDRESS_IN_USE
+
+    host, port = settings.api_host, port if port is not None else settings.api_port
+    # Bind before building the app, so a taken port is told apart from any other failure.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"baton api: {host}:{port} is already in use", file=sys.stderr)
+        raise SystemExit(EXIT_ADDRESS_IN_USE) from None
+    config = uvicorn.Config(create_api(settings), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

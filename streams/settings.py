@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = Field(None, validation_alias=_env("ANTHROPIC_API_KEY"))
     anthropic_base_url: str | None = Field(None, validation_alias=_env("ANTHROPIC_BASE_URL"))
 
+    extra_domains: str = ""
     broker_profile: Literal["embedded", "kafka"] = "embedded"
     app_id: str = "baton"
     topic_prefix: str = "baton."
@@ -53,12 +54,14 @@ class Settings(BaseSettings):
     worker_batch_max: int = Field(1000, ge=1)
     worker_batch_within_s: float = Field(0.01, gt=0)
     fetch_wait_ms: int = Field(200, ge=1, le=10_000)
+    state_flush_interval_s: float = Field(0.2, gt=0)
     projector_batch_max: int = Field(2000, ge=1)
     projector_batch_within_s: float = Field(0.01, gt=0)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Path(".baton")
+    worker_data_dir: Path | None = None
     log_level: str = "info"
 
     @property

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from schemas import DOMAINS
+from streams.domains import load_domains
 from streams.settings import Settings
-
-# Faust tables of the worker; their changelogs are co-partitioned with the domain topics.
-TABLES: tuple[str, ...] = ("sessions", "effects")
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
@@ -18,11 +19,12 @@ def changelog_topic(settings: Settings, table: str) -> str:
 
 
 def all_topics(settings: Settings) -> list[str]:
-    """Every topic Baton uses, domain topics first."""
+    """Every topic Baton uses: domain topics first, then dead letters, then the worker's table changelogs."""
+    domains = load_domains(settings)
     return (
-        [settings.topic(domain) for domain in DOMAINS]
+        [settings.topic(domain.name) for domain in domains]
         + [settings.deadletter_topic]
-        + [changelog_topic(settings, table) for table in TABLES]
+        + [changelog_topic(settings, table) for domain in domains for table in domain.tables]
     )
 
 
@@ -49,3 +51,37 @@ async def ensure_topics(settings: Settings) -> list[str]:
 
 def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
     return [(err[0], err[1], err[2] if len(err) > 2 else None) for err in response.topic_errors]  # type: ignore[attr-defined]
+
+
+async def log_end_offsets(settings: Settings, tps: Sequence[TopicPartition], wait_s: float = 10.0) -> dict[TopicPartition, int]:
+    """The offset after each partition's last record.
+
+    The embedded broker's ListOffsets answers the base offset of the last record batch + 1, which is short
+    of the end when that batch holds several records (DESIGN.md); the high watermark of a fetch response is
+    exact. So fetch the last listed record and read the watermark the broker sends with it.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, client_id=f"{settings.app_id}-log-end")
+    await consumer.start()
+    try:
+        listed = await consumer.end_offsets(list(tps))
+        probe = [tp for tp in tps if listed[tp] > 0]
+        if not probe:
+            return listed
+        consumer.assign(probe)
+        for tp in probe:
+            consumer.seek(tp, listed[tp] - 1)
+        ends = dict(listed)
+        pending = set(probe)
+        deadline = time.monotonic() + wait_s
+        while pending and time.monotonic() < deadline:
+            await consumer.getmany(*pending, timeout_ms=200, max_records=1)
+            for tp in list(pending):
+                if (highwater := consumer.highwater(tp)) is not None:
+                    ends[tp] = max(listed[tp], highwater)
+                    pending.discard(tp)
+        if pending:
+            raise RuntimeError(f"no fetch answered for {sorted(pending)} within {wait_s:.0f} s")
+        return ends
+    finally:
+        await consumer.stop()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, get_args
 
 import msgspec
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import PlainTextResponse
 
 from schemas import Envelope, Payload, new_event, source_event_id
 from schemas.conversations import (
@@ -21,6 +22,8 @@ from schemas.conversations import (
     MessageType,
     StatusUpdated,
 )
+from schemas.errors import locate
+from streams.ingest import JsonBody, parse_json, publish
 from streams.tenants import Tenants
 
 SIGNATURE_PREFIX = "sha256="
@@ -69,17 +72,6 @@ def verify_subscription(params: Mapping[str, str], verify_token: str) -> str | N
     if params.get("hub.mode") != "subscribe" or not challenge:
         return None
     return challenge if hmac.compare_digest(token.encode(), verify_token.encode()) else None
-
-
-_AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
-
-
-def locate(message: str, prefix: str = "") -> str:
-    """A msgspec error 'X - at `$.a[0]`' rewritten as 'prefix.a[0]: X'."""
-    match = _AT.match(message)
-    path, message = (prefix + match["path"], match["message"]) if match else (prefix, message)
-    path = path.lstrip(".")
-    return f"{path}: {message}" if path else message
 
 
 # Webhook shapes as Meta documents them; fields Baton does not use are ignored.
@@ -312,3 +304,39 @@ def _convert(document: Any, kind: type, path: str) -> Any:
         return msgspec.convert(document, kind)
     except msgspec.ValidationError as exc:
         raise WebhookError(locate(str(exc), path)) from None
+
+
+def webhook_router() -> APIRouter:
+    """Meta's subscription handshake and signed deliveries at /v1/webhooks/whatsapp."""
+    router = APIRouter(tags=["ingest"])
+    router.add_api_route("/v1/webhooks/whatsapp", verify_whatsapp, methods=["GET"], response_class=PlainTextResponse)
+    router.add_api_route("/v1/webhooks/whatsapp", receive_whatsapp, methods=["POST"])
+    return router
+
+
+async def verify_whatsapp(request: Request) -> PlainTextResponse:
+    """Meta's subscription handshake: echo hub.challenge when hub.verify_token matches."""
+    challenge = verify_subscription(
+        request.query_params, request.app.state.settings.whatsapp_verify_token
+    )
+    if challenge is None:
+        raise HTTPException(403, "verification failed: needs hub.mode=subscribe, the configured "
+                                 "hub.verify_token and a hub.challenge")
+    return PlainTextResponse(challenge)
+
+
+async def receive_whatsapp(request: Request, body: JsonBody) -> dict[str, Any]:
+    """A signed webhook delivery: normalised and published whole, then 200 so Meta does not retry."""
+    state = request.app.state
+    header = request.headers.get("x-hub-signature-256")
+    if not verify_signature(state.settings.whatsapp_app_secret.get_secret_value(), body, header):
+        raise HTTPException(
+            401, "missing X-Hub-Signature-256 header" if header is None
+            else "X-Hub-Signature-256 does not match the body"
+        )
+    try:
+        normalized = normalize(parse_json(body), state.tenants, datetime.now(UTC))
+    except WebhookError as exc:
+        raise HTTPException(422, str(exc)) from None
+    await publish(state.publisher, normalized.envelopes)
+    return {"accepted": len(normalized.envelopes), "skipped": normalized.skipped}

@@ -1,50 +1,28 @@
-"""`baton worker`: the Faust worker running every domain's agents."""
+"""`baton worker`: the Faust worker running every registered domain's agents."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
+import threading
 
 import faust
 from faust.worker import Worker
 
-from agents import conversations
-from agents.classifier import AnthropicClassifier
-from agents.effects import Effects
-from agents.senders import LogSender, WhatsAppSender
+from agents.streaming import register_domain
 from streams.app import create_app
+from streams.domains import load_domains
 from streams.settings import Settings
-from streams.tenants import load_tenants
 from streams.topics import ensure_topics
 
 
-def build_effects(settings: Settings) -> Effects:
-    """Effect worker dependencies chosen by settings: LLM classifier and WhatsApp sender when configured."""
-    classifier = None
-    if settings.anthropic_api_key:
-        classifier = AnthropicClassifier(
-            api_key=settings.anthropic_api_key.get_secret_value(),
-            model=settings.classifier_model,
-            timeout_s=settings.classifier_timeout_s,
-            base_url=settings.anthropic_base_url,
-            input_usd_per_mtok=settings.classifier_input_usd_per_mtok,
-            output_usd_per_mtok=settings.classifier_output_usd_per_mtok,
-        )
-    if settings.whatsapp_access_token:
-        sender = WhatsAppSender(
-            access_token=settings.whatsapp_access_token.get_secret_value(),
-            api_base=settings.whatsapp_api_base,
-            timeout_s=settings.whatsapp_timeout_s,
-        )
-    else:
-        sender = LogSender()
-    return Effects(tenants=load_tenants(settings.tenants_file), sender=sender, classifier=classifier)
-
-
 def build_worker_app(settings: Settings) -> faust.App:
-    """The Faust app with every agent registered."""
+    """The Faust app with every registered domain's agents."""
     app = create_app(settings)
-    conversations.register(app, settings, build_effects(settings))
+    for domain in load_domains(settings):
+        register_domain(app, settings, domain)
     return app
 
 
@@ -58,11 +36,30 @@ def tune_gc(app: faust.App) -> None:
         gc.set_threshold(50_000, 50, 100)
 
 
+WORKER_STOP_GRACE_S = 3.0  # a clean stop takes about 1 s
+
+
+class _Worker(Worker):
+    """Faust's worker; once SIGTERM/SIGINT arrives the process ends within WORKER_STOP_GRACE_S.
+
+    With the broker gone, aiokafka's Fetcher.close() re-raises the cancellation of a fetch that
+    sits in its retry backoff; that CancelledError escapes mode's consumer thread, which then
+    never reports its shutdown, and Worker.stop() waits for it forever.
+    """
+
+    def _schedule_shutdown(self, sig: signal.Signals) -> None:
+        if not self._signal_stop_time:
+            deadline = threading.Timer(WORKER_STOP_GRACE_S, os._exit, (128 + int(sig),))
+            deadline.daemon = True
+            deadline.start()
+        super()._schedule_shutdown(sig)
+
+
 def run_worker(settings: Settings) -> None:
-    """Create topics, then run the worker until SIGINT/SIGTERM."""
+    """Create topics, then run the worker until SIGINT/SIGTERM (a stop that hangs is cut short)."""
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_worker_app(settings)
     tune_gc(app)
-    Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    _Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()

@@ -71,3 +71,11 @@ def settings(bootstrap_servers: str, database_url: str, tmp_path: Path) -> Setti
         tenants_file=ROOT / "examples" / "tenants.toml",
         data_dir=tmp_path / "baton",
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/integration carries the integration marker (`-m "not integration"` is the fast lane)."""
+    integration = ROOT / "tests" / "integration"
+    for item in items:
+        if item.path.resolve().is_relative_to(integration):
+            item.add_marker(pytest.mark.integration)

@@ -52,6 +52,14 @@ class LaneChange(msgspec.Struct, kw_only=True):
     method: str
 
 
+class PendingStatus(msgspec.Struct, kw_only=True):
+    """A delivery status that arrived before the reply.sent naming its WhatsApp message id."""
+
+    whatsapp_message_id: str
+    status: str
+    at: datetime
+
+
 class ConversationState(msgspec.Struct, kw_only=True):
     """The current session of one (tenant, contact) stream and its bounded memory."""
 
@@ -77,6 +85,7 @@ class ConversationState(msgspec.Struct, kw_only=True):
     applied_event_ids: list[str] = []
     log_offset: int = -1
     seen_message_ids: list[str] = []
+    pending_statuses: list[PendingStatus] = []
 
 
 _state_encoder = msgspec.json.Encoder()
@@ -106,6 +115,7 @@ class FoldConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_applied_ids: int = 512
     max_seen_message_ids: int = 256
     max_tickets: int = 20
+    max_pending_statuses: int = 32
 
 
 ACTOR = "fold:conversations"
@@ -192,6 +202,7 @@ def _new_session(
                              previous_session_id=old.session_id if old else None)
     events.append(emitted(envelope, len(events), started, actor=ACTOR))
     # Dedupe memory outlives sessions: a redelivery after a rollover is still a duplicate.
+    # Pending statuses do not: they await a reply.sent of the ended session, which _SESSION_SCOPED ignores now.
     state = ConversationState(
         tenant_id=envelope.tenant_id,
         contact=payload.contact,
@@ -231,19 +242,30 @@ def _apply(state: ConversationState, envelope: Envelope, config: FoldConfig) -> 
             "next_seq": state.next_seq + 1,
         }
     if isinstance(payload, ReplySent):
-        return {
-            "replies_sent": state.replies_sent + 1,
-            "dialogue": _advance(state.dialogue, lambda t: t.event_id == payload.reply_event_id, "sent",
-                                 whatsapp_message_id=payload.whatsapp_message_id),
-        }
+        wamid = payload.whatsapp_message_id
+        dialogue = _advance(state.dialogue, lambda t: t.event_id == payload.reply_event_id, "sent",
+                            whatsapp_message_id=wamid)
+        early = [p for p in state.pending_statuses if p.whatsapp_message_id == wamid]
+        for pending in early:  # statuses that overtook this reply.sent on the log
+            dialogue = _advance(dialogue, lambda t: t.whatsapp_message_id == wamid, pending.status)
+        changes = {"replies_sent": state.replies_sent + 1, "dialogue": dialogue}
+        if early:
+            changes["pending_statuses"] = [p for p in state.pending_statuses if p.whatsapp_message_id != wamid]
+        return changes
     if isinstance(payload, ReplyFailed):
         return {
             "replies_failed": state.replies_failed + 1,
             "dialogue": _advance(state.dialogue, lambda t: t.event_id == payload.reply_event_id, "failed"),
         }
     if isinstance(payload, StatusUpdated):
-        return {"dialogue": _advance(state.dialogue, lambda t: t.role == "agent" and t.whatsapp_message_id
-                                     == payload.whatsapp_message_id, payload.status)}
+        wamid = payload.whatsapp_message_id
+        if any(t.role == "agent" and t.whatsapp_message_id == wamid for t in state.dialogue):
+            return {"dialogue": _advance(state.dialogue, lambda t: t.whatsapp_message_id == wamid, payload.status)}
+        # The status overtook its reply.sent (or names a turn no longer kept): hold it until that arrives.
+        if any(p.whatsapp_message_id == wamid and p.status == payload.status for p in state.pending_statuses):
+            return {}
+        pending = PendingStatus(whatsapp_message_id=wamid, status=payload.status, at=envelope.occurred_at)
+        return {"pending_statuses": _bounded([*state.pending_statuses, pending], config.max_pending_statuses)}
     return {}  # session.started / session.expired / routing.requested: their effect is already applied
 
 

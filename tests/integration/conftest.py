@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from streams.auth import issue_token
-from streams.embedded import free_port
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.tenants import Tenant, load_tenants
@@ -20,13 +19,12 @@ T = TypeVar("T")
 
 @pytest.fixture
 def runtime(settings: Settings) -> Iterator[Runtime]:
-    """Worker, projector and API as child processes, exactly as `baton dev` runs them."""
-    runtime = Runtime(settings.model_copy(update={"api_port": free_port()}))
-    try:
-        runtime.start()
+    """Worker, projector and API as child processes, as `baton dev` runs them but never restarted.
+
+    The API gets any free port (moved if it is taken meanwhile); a failed start stops what it started.
+    """
+    with Runtime(settings.model_copy(update={"api_port": 0})).start() as runtime:
         yield runtime
-    finally:
-        runtime.stop()
 
 
 @pytest.fixture

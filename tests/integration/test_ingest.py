@@ -1,28 +1,38 @@
-"""HTTP ingest and the WhatsApp webhook against the real broker: accepted events land, bad input changes nothing."""
+"""HTTP ingest and the WhatsApp webhook against the real broker: accepted events land, bad input changes nothing,
+a broker failure part-way is retried into events applied once. The 4xx matrix runs twice: against the ingest
+and webhook routers wired alone, and against the real server (`create_api` under uvicorn, with its lifespan)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from schemas import Envelope, decode, source_event_id
+from agents.batching import Record, fold_batch
+from agents.conversations import conversation_folder
+from schemas import Envelope, decode, encode, source_event_id
 from streams.auth import issue_token
 from streams.embedded import EmbeddedBroker
 from streams.ingest import ingest_router
 from streams.publisher import Publisher
+from streams.server import create_api
 from streams.settings import Settings
 from streams.tenants import load_tenants
-from streams.topics import ensure_topics
-from streams.whatsapp import sign
+from streams.topics import ensure_topics, log_end_offsets
+from streams.whatsapp import sign, webhook_router
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +42,13 @@ MAX_EVENTS = 5
 
 
 def build_app(settings: Settings, publisher: Any) -> FastAPI:
-    """An app holding only the ingest router, wired the way the server wires it."""
+    """An app holding only the ingest and WhatsApp webhook routers, wired the way the server wires them."""
     app = FastAPI()
     app.state.settings = settings
     app.state.publisher = publisher
     app.state.tenants = load_tenants(settings.tenants_file)
     app.include_router(ingest_router())
+    app.include_router(webhook_router())
     return app
 
 
@@ -47,14 +58,55 @@ def limited(settings: Settings) -> Settings:
     return settings.model_copy(update={"max_request_bytes": MAX_BYTES, "max_batch_events": MAX_EVENTS})
 
 
+@asynccontextmanager
+async def hand_wired(settings: Settings, publisher: Any = None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of build_app publishing to the real broker (through `publisher` when given)."""
+    await ensure_topics(settings)
+    async with Publisher(settings) as own:
+        transport = httpx.ASGITransport(app=build_app(settings, publisher or own))
+        async with httpx.AsyncClient(transport=transport, base_url="http://baton") as http:
+            yield http
+
+
+@asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the real server: create_api under uvicorn in a thread on a free loopback port.
+
+    Its lifespan creates the topics, migrates the database and opens the publisher and the pool.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_api(settings), lifespan="on", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        async with asyncio.timeout(30):
+            while not server.started:
+                assert thread.is_alive(), "the API server stopped while starting (see its log above)"
+                await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 15)
+        sock.close()
+    assert not thread.is_alive(), "the API server did not stop within 15 s"
+
+
 @pytest.fixture
 async def client(limited: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the ingest router publishing to the real broker."""
-    await ensure_topics(limited)
-    async with Publisher(limited) as publisher:
-        transport = httpx.ASGITransport(app=build_app(limited, publisher))
-        async with httpx.AsyncClient(transport=transport, base_url="http://baton") as http:
-            yield http
+    async with hand_wired(limited) as http:
+        yield http
+
+
+@pytest.fixture(params=["hand-wired", "server"])
+async def edge(request: pytest.FixtureRequest, limited: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The ingest edge twice: the routers wired alone, and the real server with its lifespan."""
+    async with (hand_wired if request.param == "hand-wired" else served)(limited) as http:
+        yield http
 
 
 def _partitions(settings: Settings) -> list[TopicPartition]:
@@ -62,13 +114,8 @@ def _partitions(settings: Settings) -> list[TopicPartition]:
 
 
 async def log_size(settings: Settings) -> int:
-    """Records on the conversations topic (exact: the embedded profile writes one record per batch)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return sum((await consumer.end_offsets(_partitions(settings))).values())
-    finally:
-        await consumer.stop()
+    """Records on the conversations topic, counted by fetch watermarks (ListOffsets undercounts batches)."""
+    return sum((await log_end_offsets(settings, _partitions(settings))).values())
 
 
 async def read_log(settings: Settings) -> list[Envelope]:
@@ -78,7 +125,7 @@ async def read_log(settings: Settings) -> list[Envelope]:
     await consumer.start()
     try:
         consumer.assign(partitions)
-        expected = sum((await consumer.end_offsets(partitions)).values())
+        expected = sum((await log_end_offsets(settings, partitions)).values())
         await consumer.seek_to_beginning(*partitions)
         records = []
         async with asyncio.timeout(10):
@@ -208,6 +255,11 @@ BAD_EVENTS: list[tuple[str, Request, int, str]] = [
      413, f"{MAX_EVENTS + 1} events exceed the limit of {MAX_EVENTS} per request"),
     ("content-type", lambda s: {"content": json.dumps(event()), "headers": {"Content-Type": "text/plain", **bearer(s)}},
      415, "Content-Type must be application/json, got 'text/plain'"),
+    ("no-content-type", lambda s: {"content": json.dumps(event()), "headers": bearer(s)},
+     415, "Content-Type must be application/json, got 'none'"),
+    ("json-suffix-type", lambda s: {"content": json.dumps(event()),
+                                    "headers": {"Content-Type": "application/json-patch+json", **bearer(s)}},
+     415, "Content-Type must be application/json, got 'application/json-patch+json'"),
     ("field", lambda s: {"json": _typed(34612345678), "headers": bearer(s)},
      422, "events[3].payload.contact: Expected `str`, got `int`"),
     ("missing-field", lambda s: {"json": [event(), {"type": "conversation.message.received", "payload": {}}],
@@ -224,6 +276,11 @@ BAD_EVENTS: list[tuple[str, Request, int, str]] = [
      422, "schema_version: unsupported schema_version 2 for 'conversation.message.received' (current is 1)"),
     ("tenant-in-body", lambda s: {"json": event(tenant_id="globex"), "headers": bearer(s)},
      422, "Object contains unknown field `tenant_id`"),
+    # One request is one tenant's: a batch cannot name another tenant for any of its events.
+    ("tenant-in-batch", lambda s: {"json": {"events": [event(), event(tenant_id="globex")]}, "headers": bearer(s)},
+     422, "events[1]: Object contains unknown field `tenant_id`"),
+    ("batch-unknown-key", lambda s: {"json": {"events": [event()], "atomic": True}, "headers": bearer(s)},
+     422, "Object contains unknown field `atomic`"),
     ("empty-batch", lambda s: {"json": {"events": []}, "headers": bearer(s)},
      422, "events: Expected `array` of length >= 1"),
     ("not-an-object", lambda s: {"json": {"events": [event(), "x"]}, "headers": bearer(s)},
@@ -259,13 +316,53 @@ BAD_WEBHOOKS: list[tuple[str, Request, int, str]] = [
     + [pytest.param("/v1/webhooks/whatsapp", *case[1:], id=f"webhook-{case[0]}") for case in BAD_WEBHOOKS],
 )
 async def test_bad_input_gets_a_precise_4xx_and_leaves_the_log_unchanged(
-    client: httpx.AsyncClient, limited: Settings, url: str, request_args: Request, status: int, detail: str
+    edge: httpx.AsyncClient, limited: Settings, url: str, request_args: Request, status: int, detail: str
 ) -> None:
-    assert (await client.post("/v1/events", json=event(), headers=bearer(limited))).status_code == 202
+    assert (await edge.post("/v1/events", json=event(), headers=bearer(limited))).status_code == 202
     before = await log_size(limited)
-    response = await client.post(url, **request_args(limited))
+    response = await edge.post(url, **request_args(limited))
     assert (response.status_code, response.json()) == (status, {"detail": detail})
     assert await log_size(limited) == before == 1
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON",
+                                          "application/json;charset=UTF-8"])
+async def test_json_content_type_with_parameters_or_other_case_is_accepted(
+    edge: httpx.AsyncClient, limited: Settings, content_type: str
+) -> None:
+    response = await edge.post("/v1/events", content=json.dumps(event()),
+                               headers={"Content-Type": content_type, **bearer(limited)})
+    assert response.status_code == 202, response.text
+    assert await log_size(limited) == 1
+
+
+@pytest.mark.parametrize("declared", ["abc", "-5", "+40", "1e3", "0x10"])
+async def test_invalid_content_length_is_400_and_leaves_the_log_unchanged(
+    client: httpx.AsyncClient, limited: Settings, declared: str
+) -> None:
+    # httpx over ASGI passes the header through as given; an ASGI server may too (the real one refuses it first).
+    response = await client.post("/v1/events", content=json.dumps(event()).encode(),
+                                 headers={**JSON, **bearer(limited), "Content-Length": declared})
+    assert (response.status_code, response.json()) == (400, {"detail": f"invalid Content-Length {declared!r}"})
+    assert await log_size(limited) == 0
+
+
+@pytest.mark.parametrize("declared", ["abc", "-5"])
+async def test_real_server_refuses_an_invalid_content_length_before_the_app(limited: Settings, declared: str) -> None:
+    body = json.dumps(event()).encode()
+    async with served(limited) as http:
+        host, port = http.base_url.host, http.base_url.port
+        reader, writer = await asyncio.open_connection(host, port)
+        head = (f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Authorization: {bearer(limited)['Authorization']}\r\nContent-Length: {declared}\r\n\r\n")
+        writer.write(head.encode() + body)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status_line = await reader.readline()
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 400 "), status_line
+        assert (await http.get("/healthz")).status_code == 200
+    assert await log_size(limited) == 0
 
 
 async def test_webhook_delivery_lands_on_the_log_for_the_numbers_tenant(
@@ -319,4 +416,66 @@ async def test_broker_gone_is_503_after_the_publish_timeout(limited: Settings) -
         broker.stop()
     for response in (events, hook):
         assert response.status_code == 503
-        assert response.json()["detail"].startswith("events not stored, retry: ")
+        assert response.json()["detail"].startswith("events may be only partly stored, retry the request: ")
+
+
+class _FailingAfter:
+    """A producer that hands its first `k` sends to a real one and fails the rest, as a broker that stops
+    acknowledging part-way through a request does."""
+
+    def __init__(self, producer: Any, k: int) -> None:
+        self._producer, self._left = producer, k
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future:
+        if self._left > 0:
+            self._left -= 1
+            return await self._producer.send(*args, **kwargs)
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(KafkaTimeoutError("injected: no ack"))
+        return failed
+
+
+class FaultyPublisher(Publisher):
+    """The real publisher on the real broker, with a fault injected after `k` records."""
+
+    def __init__(self, settings: Settings, k: int) -> None:
+        super().__init__(settings)
+        self._producer = _FailingAfter(self._producer, k)
+
+
+async def test_broker_failure_part_way_is_503_and_the_retry_applies_each_event_once(limited: Settings) -> None:
+    contacts = ("34600000001", "34600000002")
+    body = {"events": [event(contacts[i % 2], source_id=f"crm-{i}") for i in range(4)]}
+    async with FaultyPublisher(limited, k=2) as faulty, hand_wired(limited, faulty) as http:
+        failed = await http.post("/v1/events", json=body, headers=bearer(limited))
+    assert (failed.status_code, failed.json()) == (503, {"detail": "events may be only partly stored, retry the "
+                                                                   "request: 2 of 4 events not acknowledged: "
+                                                                   "KafkaTimeoutError('injected: no ack')"})
+    # Not all or none: Kafka without transactions cannot undo the two records the broker did take.
+    assert await log_size(limited) == 2
+
+    async with hand_wired(limited) as http:
+        retried = await http.post("/v1/events", json=body, headers=bearer(limited))
+    assert retried.status_code == 202, retried.text
+    ids = retried.json()["event_ids"]
+    assert ids == [str(source_event_id("acme", "ingest", f"crm-{i}")) for i in range(4)]
+    log = await read_log(limited)
+    assert sorted(str(e.event_id) for e in log) == sorted(ids[:2] * 2 + ids[2:])
+
+    # What the worker makes of it: each message once, the stored copies skipped as duplicates.
+    topic = limited.topic("conversations")
+    records = [Record(topic, 0, i, e.stream_id.encode(), encode(e)) for i, e in enumerate(log)]
+    result = fold_batch(records, lambda _key: None, conversation_folder(limited))
+    assert (result.dead, result.folded) == ([], 6)
+    states = dict(result.writes)
+    assert sorted(states) == [f"conversation:acme:{c}" for c in contacts]
+    for contact in contacts:
+        state = states[f"conversation:acme:{contact}"]
+        mine = [body["events"][i]["payload"]["whatsapp_message_id"] for i in range(4) if i % 2 == contacts.index(contact)]
+        assert (state.messages_received, state.duplicates_dropped) == (2, 1)
+        assert [t.whatsapp_message_id for t in state.dialogue] == mine
+    requested = [e for e in result.emitted if e.type == "conversation.routing.requested"]
+    assert sorted(str(e.payload.message_event_id) for e in requested) == sorted(ids)

@@ -124,12 +124,22 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(runtime: Runtime)
         async with Publisher(runtime.settings) as publisher:
             await publisher.publish(chunk)
 
+    from tests.integration.test_external_effects import (
+        Replies,
+        assert_replies_effectively_once,
+        log_identity,
+        logged_sends,
+        started_sends,
+    )
+
     half = len(envelopes) // 2
     asyncio.run(publish(envelopes[:half]))
     eventually(lambda: sum(v[0] for v in _sessions(runtime.settings).values()) >= 40, "some messages folded")
     runtime.kill("worker", signal.SIGKILL)
     asyncio.run(publish(envelopes[half:]))
     asyncio.run(publish(envelopes[: half // 2]))  # redelivered records
+    # The worker is dead: what it started (effect ledger) and left without an outcome is what was in flight.
+    in_flight = Replies.on_log(runtime.settings).in_flight(started_sends(runtime.settings))
     runtime.spawn("worker")
 
     def settled():
@@ -150,11 +160,14 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(runtime: Runtime)
                              f" requests without outcome {unanswered}") from None
     for contact, (received, requested, sent, failed, turns) in sessions.items():
         assert (received, requested, sent + failed, turns) == (per_contact, per_contact, per_contact, 2 * per_contact), contact
-    # A send the kill interrupted is never repeated: it is reported failed with an unknown outcome.
-    with psycopg.connect(runtime.settings.database_url) as conn:
-        reasons = {r for (r,) in conn.execute(
-            "SELECT payload->>'reason' FROM events WHERE type = 'conversation.reply.failed'")}
-    assert reasons <= {"outcome unknown: the worker stopped during the send; not retried"}
+    # A send the kill interrupted is never repeated: it is reported failed with an unknown outcome. The log
+    # sender's "send" is its log line (flushed per line, so a SIGKILL loses none), naming the reply event id.
+    replies = Replies.on_log(runtime.settings)
+    assert_replies_effectively_once(
+        replies, logged_sends(runtime), log_identity, messages=[e.event_id for e in envelopes],
+        in_flight_at_kill=in_flight, after_restart=[e.event_id for e in envelopes[half:]])
+    assert {o.payload.reason for o in replies.outcomes.values() if o.type == "conversation.reply.failed"} <= {
+        "outcome unknown: the worker stopped during the send; not retried"}
 
     report = replay_verify(runtime.settings)
     assert report.returncode == 0, report.stdout + report.stderr
@@ -191,7 +204,7 @@ def test_undecodable_record_goes_to_dead_letters(runtime: Runtime) -> None:
         lambda: [d for d in asyncio.run(list_dead_letters(settings)) if d.stage.startswith("fold")],
         "dead letter from the worker",
     )
-    assert "invalid envelope" in letters[0].reason or "conversation.bogus" in letters[0].reason
+    assert letters[0].reason == "decode: invalid envelope: Object missing required field `event_id`"
     assert letters[0].source_topic == settings.topic("conversations")
     cli = subprocess.run([sys.executable, "-m", "streams.cli", "deadletter", "list"],
                          env=child_env(COLUMNS="200", **settings_env(settings)), capture_output=True, text=True, timeout=60, check=False)

@@ -18,17 +18,14 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from agents.batching import Record, fold_batch
-from agents.folders import conversation_folder
+from agents.conversations import conversation_folder
 from agents.folds.conversations import ConversationState, encode_state
-from projections.api import query_router
+from projections.api.conversations import query_router
 from projections.migrations import apply_migrations
 from projections.projector import BatchReport, run_projector
 from projections.replay import Mismatch, replay
-from projections.writers.conversations import (
-    SESSION_COLUMNS,
-    session_row,
-    write_sessions,
-)
+from projections.writers import write_rows
+from projections.writers.conversations import SESSIONS, session_row
 from schemas import Envelope, encode
 from streams.auth import issue_token
 from streams.deadletter import list_dead_letters
@@ -139,11 +136,11 @@ async def caught_up(settings: Settings, produced: Produced) -> bool:
 
 
 def comparable(row: tuple) -> tuple:
-    return tuple(json.loads(v) if kind == "jsonb" else v for v, (_, kind) in zip(row, SESSION_COLUMNS, strict=True))
+    return tuple(json.loads(v) if kind == "jsonb" else v for v, (_, kind) in zip(row, SESSIONS.columns, strict=True))
 
 
 async def session_rows(settings: Settings) -> dict[uuid.UUID, tuple]:
-    names = ", ".join(name for name, _ in SESSION_COLUMNS)
+    names = ", ".join(name for name, _ in SESSIONS.columns)
     rows = await query(settings, f"SELECT {names} FROM conversation_sessions")
     return {row[0]: tuple(row) for row in rows}
 
@@ -215,7 +212,7 @@ async def test_undecodable_records_are_dead_lettered_and_projection_continues(se
     assert (envelope_letter.partition, envelope_letter.offset) == (metadata[0].partition, metadata[0].offset)
     assert envelope_letter.raw_value() == garbage and envelope_letter.value_encoding == "base64"
     assert envelope_letter.raw_key() == b"conversation:acme:34600000009"
-    assert state_letter.reason.startswith("decode state:") and state_letter.raw_value() == bad_state
+    assert state_letter.reason.startswith("decode conversations state:") and state_letter.raw_value() == bad_state
 
 
 @pytest.fixture
@@ -224,7 +221,7 @@ async def client(settings: Settings) -> AsyncIterator[Callable[[str | None], htt
     _, sessions = fold_like_worker(settings, acme_and_globex(), {})
     await apply_migrations(settings.database_url)
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn, conn.transaction(), conn.cursor() as cur:
-        await write_sessions(cur, [session_row(s) for s in sessions.values()])
+        await write_rows(cur, SESSIONS, [session_row(s) for s in sessions.values()])
     app = FastAPI()
     app.include_router(query_router())
     app.state.settings = settings
@@ -341,6 +338,6 @@ async def test_replay_without_verify_builds_the_shadow_schema(settings: Settings
     await produce(settings, on_log(settings, log))
     report = await replay(settings, verify=False)
     assert (report.verified, report.tables, report.clean) == (False, (), True)
-    assert report.events == len({e.event_id for e in log}) and report.sessions == 5
+    assert report.events == len({e.event_id for e in log}) and report.rows == {"conversation_sessions": 5}
     assert await query(settings, "SELECT count(*) FROM replay_shadow.conversation_sessions") == [(5,)]
     assert await query(settings, "SELECT to_regclass('public.events')") == [(None,)]

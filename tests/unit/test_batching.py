@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from agents.batching import Record, fold_batch
-from agents.folders import conversation_folder
+from agents.conversations import conversation_folder
 from agents.folds.conversations import ConversationState
 from schemas import Envelope, encode
 from schemas.conversations import conversation_stream_id
 from streams.settings import Settings
 from tests.conversation_logs import inbound
 
-FOLDER = conversation_folder(Settings())
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 
 
@@ -24,8 +23,8 @@ def records(envelopes: list[Envelope], first_offset: int = 0) -> list[Record]:
     return [Record("t", 0, first_offset + i, e.stream_id.encode(), encode(e)) for i, e in enumerate(envelopes)]
 
 
-def run(batch: list[Record], table: dict[str, ConversationState]):
-    result = fold_batch(batch, table.get, FOLDER)
+def run(batch: list[Record], table: dict[str, ConversationState], unwritten: frozenset[str] = frozenset()):
+    result = fold_batch(batch, table.get, conversation_folder(Settings()), unwritten)
     for key, state in result.writes:
         table[key] = state
     return result
@@ -69,6 +68,17 @@ def test_session_rollover_writes_the_ended_session_first() -> None:
     (_, ended), (_, current) = result.writes
     assert ended.session_id != current.session_id
     assert ended.messages_received == 1 and current.session_number == 2
+
+
+def test_rollover_of_a_state_not_yet_written_writes_the_ended_session_first() -> None:
+    # The worker keeps a batch's last state per key in memory until its flush; the next batch may end it.
+    key = conversation_stream_id("acme", "1")
+    table: dict[str, ConversationState] = {}
+    run(records([message("1", "a", T0)]), table)
+    later = records([message("1", "b", T0 + timedelta(hours=25))], first_offset=5)
+    assert [s.session_number for _, s in run(later, dict(table)).writes] == [2]  # written: the table has it
+    (_, ended), (_, current) = run(later, dict(table), unwritten=frozenset({key})).writes
+    assert (ended.session_number, ended.messages_received, current.session_number) == (1, 1, 2)
 
 
 def test_bad_records_become_dead_letters_and_the_rest_is_folded() -> None:

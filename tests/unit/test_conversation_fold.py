@@ -15,6 +15,8 @@ from agents.folds.conversations import (
     ConversationState,
     FoldConfig,
     FoldError,
+    PendingStatus,
+    decode_state,
     encode_state,
     fold,
 )
@@ -251,6 +253,113 @@ def test_delivery_status_never_regresses_and_failed_wins():
     assert turn_status("failed", "read") == "failed"
 
 
+def answered(lane: str = "info", at: datetime = T0, wamid: str = "wamid.1") -> tuple[ConversationState, Envelope]:
+    """A state whose last turn is a requested (not yet sent) reply, and that reply."""
+    state, out = fold(None, received(wamid, at), CONFIG)
+    cycle = reply_cycle(out[1], lane, at)
+    state, _ = run(cycle, state=state)
+    return state, cycle[-1]
+
+
+def statuses(wamid: str, values: list[str], at: datetime = T0) -> list[Envelope]:
+    return [status(wamid, value, at + timedelta(seconds=i + 1)) for i, value in enumerate(values)]
+
+
+@pytest.mark.parametrize("values", [["sent"], ["delivered"], ["read"], ["failed"], ["delivered", "read"],
+                                    ["read", "failed"], ["failed", "read"], ["sent", "delivered", "read"]])
+def test_statuses_before_or_after_reply_sent_give_the_same_turn(values):
+    state, reply = answered()
+    outcome = sent(reply, "wamid.out", T0)
+    after, _ = run([outcome, *statuses("wamid.out", values)], state=state)
+    before, _ = run([*statuses("wamid.out", values), outcome], state=state)
+
+    expected = max(["sent", *values], key=["sent", "delivered", "read", "failed"].index)
+    assert after.dialogue[-1].status == before.dialogue[-1].status == expected
+    assert before.dialogue == after.dialogue
+    assert before.dialogue[-1].whatsapp_message_id == "wamid.out"
+    assert before.pending_statuses == after.pending_statuses == []
+    assert before.replies_sent == after.replies_sent == 1
+
+
+def test_status_overtaking_its_reply_sent_waits_in_the_state():
+    state, reply = answered()
+    early, _ = fold(state, status("wamid.out", "delivered", T0 + timedelta(seconds=1)), CONFIG)
+    assert early.dialogue == state.dialogue  # nothing to apply it to yet
+    assert early.pending_statuses == [PendingStatus(whatsapp_message_id="wamid.out", status="delivered",
+                                                    at=T0 + timedelta(seconds=1))]
+    landed, _ = fold(early, sent(reply, "wamid.out", T0 + timedelta(seconds=2)), CONFIG)
+    assert landed.dialogue[-1].status == "delivered" and landed.pending_statuses == []
+
+
+def test_statuses_out_of_order_before_the_reply_sent_end_at_read():
+    state, reply = answered()
+    final, _ = run([*statuses("wamid.out", ["read", "delivered", "sent"]), sent(reply, "wamid.out", T0)],
+                   state=state)
+    assert final.dialogue[-1].status == "read" and final.pending_statuses == []
+
+
+def test_a_status_matching_a_turn_applies_at_once():
+    state, reply = answered()
+    state, _ = fold(state, sent(reply, "wamid.out", T0), CONFIG)
+    read, _ = fold(state, status("wamid.out", "read", T0 + timedelta(seconds=1)), CONFIG)
+    assert read.dialogue[-1].status == "read" and read.pending_statuses == []
+
+
+def test_a_pending_status_waits_only_for_its_own_message_id():
+    state, reply = answered()
+    other = status("wamid.other", "read", T0 + timedelta(seconds=1))
+    final, _ = run([other, sent(reply, "wamid.out", T0 + timedelta(seconds=2))], state=state)
+    assert final.dialogue[-1].status == "sent"
+    assert [(p.whatsapp_message_id, p.status) for p in final.pending_statuses] == [("wamid.other", "read")]
+
+
+def test_pending_statuses_are_bounded_dropping_the_oldest():
+    config = FoldConfig(max_pending_statuses=2)
+    state, replies, at = None, [], T0
+    for n in range(3):
+        state, out = fold(state, received(f"wamid.in.{n}", at, f"mensaje {n}"), config)
+        cycle = reply_cycle(out[-1], "info", at)
+        state, _ = run(cycle, config, state)
+        replies.append(cycle[-1])
+        at += timedelta(minutes=1)
+    early = [status(f"wamid.out.{n}", "read", at + timedelta(seconds=n)) for n in range(3)]
+    state, _ = run(early, config, state)
+    assert [p.whatsapp_message_id for p in state.pending_statuses] == ["wamid.out.1", "wamid.out.2"]
+
+    state, _ = run([sent(reply, f"wamid.out.{n}", at) for n, reply in enumerate(replies)], config, state)
+    assert [t.status for t in state.dialogue if t.role == "agent"] == ["sent", "read", "read"]
+    assert state.pending_statuses == []
+
+
+def test_a_pending_status_redelivered_beyond_the_dedupe_window_is_held_once():
+    config = FoldConfig(max_applied_ids=1)
+    state, _ = answered()
+    early = status("wamid.out", "read", T0 + timedelta(seconds=1))
+    other = status("wamid.other", "read", T0 + timedelta(seconds=2))
+    state, _ = run([early, other, early], config, state)  # `other` pushed `early` out of the applied ids
+    assert [(p.whatsapp_message_id, p.status) for p in state.pending_statuses] == [
+        ("wamid.out", "read"), ("wamid.other", "read")]
+
+
+def test_pending_statuses_do_not_survive_a_session_rollover():
+    state, reply = answered()
+    state, _ = fold(state, status("wamid.out", "read", T0 + timedelta(seconds=1)), CONFIG)
+    assert state.pending_statuses
+    rolled, _ = fold(state, received("wamid.2", T0 + timedelta(days=2)), CONFIG)
+    assert rolled.session_id != state.session_id and rolled.pending_statuses == []
+    # The ended session's reply.sent changes nothing in the new session: nothing there could take the status.
+    late, _ = fold(rolled, sent(reply, "wamid.out", T0 + timedelta(days=2)), CONFIG)
+    assert late.dialogue == rolled.dialogue and late.replies_sent == 0
+
+
+def test_a_state_stored_before_pending_statuses_existed_still_decodes():
+    state, _ = answered()
+    document = msgspec.json.decode(encode_state(state))
+    del document["pending_statuses"]
+    old = decode_state(msgspec.json.encode(document))
+    assert old == state and old.pending_statuses == []
+
+
 def test_status_for_unknown_stream_is_ignored():
     assert fold(None, status("wamid.x", "read", T0), CONFIG) == (None, [])
 
@@ -314,14 +423,18 @@ message_plans = st.tuples(
     st.sampled_from(["info", "commerce", "support"]),
     st.sampled_from(["sent", "failed"]),
     st.lists(st.sampled_from(["sent", "delivered", "read", "failed"]), max_size=3),
+    st.booleans(),  # the statuses overtake the reply.sent on the log
 )
 
 
-def live_log(plans, config: FoldConfig) -> list[Envelope]:
-    """The log a live system writes: inbound events, the fold's emissions echoed back, effect results."""
+def live_log(plans, config: FoldConfig, early: bool | None = None) -> list[Envelope]:
+    """The log a live system writes: inbound events, the fold's emissions echoed back, effect results.
+
+    `early` overrides every plan's choice of statuses before (True) or after (False) their reply.sent.
+    """
     log: list[Envelope] = []
     state, at = None, T0
-    for n, (gap, message_type, lane, outcome, statuses) in enumerate(plans):
+    for n, (gap, message_type, lane, outcome, statuses, statuses_first) in enumerate(plans):
         at += gap
         pending = [received(f"wamid.in.{n}", at, f"mensaje {n}", message_type)]
         while pending:
@@ -333,8 +446,9 @@ def live_log(plans, config: FoldConfig) -> list[Envelope]:
                 cycle = reply_cycle(event, lane, at)
                 reply, wamid = cycle[-1], f"wamid.out.{n}"
                 if outcome == "sent":
-                    cycle.append(sent(reply, wamid, at))
-                    cycle.extend(status(wamid, s, at) for s in statuses)
+                    reports = [status(wamid, s, at) for s in statuses]
+                    first = statuses_first if early is None else early
+                    cycle.extend([*reports, sent(reply, wamid, at)] if first else [sent(reply, wamid, at), *reports])
                 else:
                     cycle.append(emitted(reply, 0, ReplyFailed(session_id=reply.payload.session_id, contact=CONTACT,
                                                                 reply_event_id=reply.event_id, reason="x",
@@ -368,15 +482,37 @@ def test_replay_with_duplicates_gives_the_same_state(plans, picks):
     again, again_out = run(log, config)
     assert again == clean and again_out == clean_out
 
-    noisy, noisy_out = run(with_duplicates(log, picks), config)
+    noisy_log = with_duplicates(log, picks)
+    noisy, noisy_out = run(noisy_log, config)
     assert noisy_out == clean_out
     assert replace(noisy, duplicates_dropped=0) == replace(clean, duplicates_dropped=0)
-    redelivered = sum(1 for s, _, _ in picks if log[s % len(log)].type == "conversation.message.received")
-    assert noisy.duplicates_dropped <= redelivered
+    # Every copy of an inbound message is a counted duplicate (the memories are far larger than the log), copies
+    # of other events are skipped uncounted, and the count is per session: the copies after the last session's
+    # first message are exactly the inbound messages there that the clean log does not have.
+    assert clean.duplicates_dropped == 0
+    assert noisy.duplicates_dropped == inbound_since_start(noisy_log, noisy) - inbound_since_start(log, clean)
+
+
+def inbound_since_start(log: list[Envelope], state: ConversationState) -> int:
+    """Inbound messages on the log from the one that started the state's session on."""
+    inbound = [e.type == "conversation.message.received" for e in log]
+    start = next(i for i, e in enumerate(log) if inbound[i] and uuid.uuid5(e.event_id, "session") == state.session_id)
+    return sum(inbound[start:])
+
+
+@settings(max_examples=100, deadline=None)
+@given(plans=st.lists(message_plans, min_size=1, max_size=8))
+def test_statuses_overtaking_their_reply_sent_give_the_same_state(plans):
+    config = FoldConfig(max_dialogue_turns=6, max_lane_history=3, max_tickets=2)
+    after, _ = run(live_log(plans, config, early=False), config)
+    before, _ = run(live_log(plans, config, early=True), config)
+    assert before.pending_statuses == after.pending_statuses == []
+    assert sorted(before.applied_event_ids) == sorted(after.applied_event_ids)
+    assert replace(before, applied_event_ids=[]) == replace(after, applied_event_ids=[])
 
 
 def test_state_survives_the_table_codec():
-    plans = [(timedelta(seconds=5), "text", "support", "sent", ["delivered", "read"])] * 3
+    plans = [(timedelta(seconds=5), "text", "support", "sent", ["delivered", "read"], False)] * 3
     state, _ = run(live_log(plans, CONFIG))
     decoded = msgspec.json.decode(encode_state(state), type=ConversationState)
     assert decoded == state

@@ -154,7 +154,7 @@ async def test_events_that_need_no_effect_produce_nothing():
 async def test_interrupted_send_is_reported_failed_under_the_id_of_the_real_result():
     message, request = routing_request("¿Dónde están?")
     reply = (await effects().run(request))[-1]
-    assert reply.type in Effects.NOT_REPEATABLE and request.type not in Effects.NOT_REPEATABLE
+    assert reply.type in Effects.not_repeatable and request.type not in Effects.not_repeatable
     (unknown,) = effects().unknown_outcome(reply)
     (real,) = await effects().run(reply)
     assert unknown.type == "conversation.reply.failed" and "outcome unknown" in unknown.payload.reason

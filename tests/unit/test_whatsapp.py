@@ -348,6 +348,62 @@ def test_bad_signatures_are_refused(header: str | None) -> None:
     assert not verify_signature(SECRET, BODY, header)
 
 
+# Known answers computed once outside Baton, e.g.
+#   printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$SECRET"
+# so a wrong HMAC in sign() cannot pass by agreeing with itself.
+UTF8_BODY = ('{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages",'
+             '"value":{"messages":[{"text":{"body":"¿Abrís el domingo? 👍"}}]}}]}]}').encode()
+VECTORS = [
+    (SECRET, BODY, "sha256=d3e4f9da0ce6c71ab3dba55929b8eeeee2455349e534924ead19f98d143e904f"),
+    (SECRET, UTF8_BODY, "sha256=9b35f202dd8894194b07e14a45dba868daa3cd54072927903afe31adcd0ccc4f"),
+    # the widely published HMAC-SHA256 example (Wikipedia "HMAC")
+    ("key", b"The quick brown fox jumps over the lazy dog",
+     "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"),
+]
+
+
+def test_utf8_vector_body_is_multibyte() -> None:
+    assert len(UTF8_BODY) == 175 and len(UTF8_BODY.decode()) < 175
+
+
+@pytest.mark.parametrize(("secret", "body", "header"), VECTORS)
+def test_signature_known_answers(secret: str, body: bytes, header: str) -> None:
+    assert sign(secret, body) == header
+    assert verify_signature(secret, body, header)
+
+
+def _flip(hex_digit: str) -> str:
+    return "0" if hex_digit != "0" else "1"
+
+
+@pytest.mark.parametrize(("secret", "body", "header"), VECTORS)
+@pytest.mark.parametrize("position", [len("sha256="), len("sha256=") + 31, -1])
+def test_signature_with_one_hex_digit_flipped_is_refused(secret: str, body: bytes, header: str, position: int) -> None:
+    index = position % len(header)
+    flipped = header[:index] + _flip(header[index]) + header[index + 1:]
+    assert flipped != header and not verify_signature(secret, body, flipped)
+
+
+@pytest.mark.parametrize(("secret", "body", "header"), VECTORS)
+def test_signature_prefix_must_be_exactly_sha256(secret: str, body: bytes, header: str) -> None:
+    digest = header.removeprefix("sha256=")
+    for wrong in (digest, "SHA256=" + digest, "Sha256=" + digest, "sha256:" + digest, " sha256=" + digest):
+        assert not verify_signature(secret, body, wrong), wrong
+
+
+@pytest.mark.parametrize(("secret", "body", "header"), VECTORS)
+def test_body_with_a_trailing_newline_is_refused(secret: str, body: bytes, header: str) -> None:
+    assert not verify_signature(secret, body + b"\n", header)
+    assert not verify_signature(secret, body + b"\r\n", header)
+
+
+def test_trailing_newline_vector() -> None:
+    # printf '%s\n' "$BODY" | openssl dgst -sha256 -hmac app-secret: the newline is part of what Meta signs
+    header = "sha256=dc85db7a09c08ce00be6bb231452d3622926de3b68c3a4680e176ae01769855d"
+    assert verify_signature(SECRET, BODY + b"\n", header)
+    assert not verify_signature(SECRET, BODY, header)
+
+
 def test_tampered_body_is_refused() -> None:
     assert not verify_signature(SECRET, BODY.replace(b"[]", b"[{}]"), sign(SECRET, BODY))
 

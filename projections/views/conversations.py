@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Literal
 
 import msgspec
-from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
-from projections import ProjectionError
+from projections.views import InvalidCursor, Source, connection
 
-Source = AsyncConnection | AsyncConnectionPool
 Lane = Literal["info", "commerce", "support"]
-
-
-class InvalidCursor(ProjectionError):
-    """A paging cursor that this module did not produce."""
 
 
 class LaneCounts(BaseModel):
@@ -157,7 +148,7 @@ WHERE tenant_id = %(tenant)s
 
 async def get_conversation(source: Source, tenant_id: str, contact: str) -> Conversation | None:
     """The contact's latest session, or None when the tenant has never heard from it."""
-    async with _connection(source) as conn, conn.cursor(row_factory=dict_row) as cur:
+    async with connection(source) as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_GET, {"tenant": tenant_id, "contact": contact})
         row = await cur.fetchone()
     return Conversation.model_validate(row) if row else None
@@ -171,7 +162,7 @@ async def list_conversations(
     after_at, after_contact = _decode_cursor(cursor) if cursor else (None, None)
     params = {"tenant": tenant_id, "lane": lane, "active": active, "after_at": after_at,
               "after_contact": after_contact, "limit": limit + 1}
-    async with _connection(source) as conn, conn.cursor(row_factory=dict_row) as cur:
+    async with connection(source) as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_LIST, params)
         rows = await cur.fetchall()
     items = [SessionSummary.model_validate(row) for row in rows[:limit]]
@@ -181,7 +172,7 @@ async def list_conversations(
 
 async def conversation_stats(source: Source, tenant_id: str) -> ConversationStats:
     """Lane distribution, orchestrated replies, success rate and duplicates over the tenant's sessions."""
-    async with _connection(source) as conn, conn.cursor(row_factory=dict_row) as cur:
+    async with connection(source) as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_STATS, {"tenant": tenant_id})
         row = await cur.fetchone()
     assert row is not None
@@ -189,15 +180,6 @@ async def conversation_stats(source: Source, tenant_id: str) -> ConversationStat
     return ConversationStats.model_validate(
         {**row, "success_rate": row["replies_sent"] / answered if answered else None}
     )
-
-
-@asynccontextmanager
-async def _connection(source: Source) -> AsyncIterator[AsyncConnection]:
-    if isinstance(source, AsyncConnectionPool):
-        async with source.connection() as conn:
-            yield conn
-    else:
-        yield source
 
 
 def _encode_cursor(last: SessionSummary) -> str:

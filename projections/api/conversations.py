@@ -1,17 +1,17 @@
-"""The query API: conversations and their statistics, scoped to the caller's tenant."""
+"""The conversations query routes: conversations and their statistics, scoped to the caller's tenant."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from psycopg_pool import AsyncConnectionPool
+from fastapi import APIRouter, HTTPException, Query
 
-from projections.views import (
+from projections.api import Pool
+from projections.views import InvalidCursor
+from projections.views.conversations import (
     Conversation,
     ConversationPage,
     ConversationStats,
-    InvalidCursor,
     Lane,
     conversation_stats,
     get_conversation,
@@ -20,16 +20,9 @@ from projections.views import (
 from streams.auth import Tenant
 
 
-def _pool(request: Request) -> AsyncConnectionPool:
-    return request.app.state.pool
-
-
-Pool = Annotated[AsyncConnectionPool, Depends(_pool)]
-
-
 def query_router() -> APIRouter:
     """Routes over the read models; the tenant always comes from the bearer token."""
-    router = APIRouter(tags=["queries"], responses={401: {"description": "Missing or invalid bearer token"}})
+    router = APIRouter(tags=["conversations"], responses={401: {"description": "Missing or invalid bearer token"}})
 
     @router.get("/v1/conversations", response_model=ConversationPage, summary="List conversations")
     async def conversations(

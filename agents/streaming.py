@@ -1,0 +1,209 @@
+"""Thin Faust agents for any registered domain: its fold over its state table, and its effect worker with a ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import faust
+import msgspec
+from aiokafka import AIOKafkaProducer
+
+from agents.batching import Record, fold_batch
+from schemas import DecodeError, Envelope, decode, encode, registration
+from streams.app import domain_topic, raw_table
+from streams.deadletter import dead_letter_record
+from streams.domains import Domain
+from streams.publisher import producer_options
+from streams.settings import Settings
+
+LEDGER_SIZE = 512
+_ledger_decoder = msgspec.json.Decoder(list[str])
+_logs: dict[int, _Log] = {}  # one per app, shared by its agents
+
+
+class _Log:
+    """Sends events and dead letters, each envelope to its own domain's topic under its key.
+
+    Its own producer batches whatever is sent while a request is in flight (Faust's producer writes one record
+    per batch, which table changelogs need on the embedded broker: streams.app).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+
+    async def producer(self) -> AIOKafkaProducer:
+        async with self._starting:
+            if self._producer is None:
+                producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                            client_id=f"{self.settings.app_id}-worker-log",
+                                            **producer_options(self.settings))
+                await producer.start()
+                self._producer = producer
+        return self._producer
+
+    async def send_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
+        records = list(records)
+        if not records:
+            return
+        producer = await self.producer()
+        futures = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*futures)
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
+        for envelope in envelopes:
+            topic = self.settings.topic(registration(envelope.type).domain)
+            by_topic.setdefault(topic, []).append((envelope.stream_id.encode(), encode(envelope)))
+        await asyncio.gather(*(self.send_all(topic, records) for topic, records in by_topic.items()))
+
+    async def dead_letter(self, dead: Sequence[tuple[Record, str]], stage: str) -> None:
+        await self.send_all(self.settings.deadletter_topic, (
+            (record.key, dead_letter_record(
+                source_topic=record.topic, partition=record.partition, offset=record.offset,
+                key=record.key, value=record.value, reason=reason, stage=stage))
+            for record, reason in dead
+        ))
+
+
+def register_domain(app: faust.App, settings: Settings, domain: Domain,
+                    on_fold: Callable[[int], None] | None = None) -> None:
+    """Attach the domain's fold agent (and effect agent, when it has effects) and tables to the app.
+
+    on_fold(n) observes each folded batch of n records.
+    """
+    topic = domain_topic(app, settings, domain.name)
+    log = _logs.setdefault(id(app), _Log(settings))
+    states = raw_table(app, settings, domain.state_table)
+    folder = domain.folder(settings)
+    codec = domain.state_codec
+    # States folded but not yet in the table, coalesced per key: written every state_flush_interval_s and
+    # always before an offset commit, so a committed record's effect is on the changelog. A crash loses only
+    # states of uncommitted records, which are redelivered and folded again.
+    unwritten: dict[str, tuple[int, Any]] = {}
+    # The last state this agent wrote per key, with the bytes it wrote: the in-memory table hands the
+    # same bytes object back, so it is decoded again only after recovery or a rebalance.
+    decoded: dict[bytes, tuple[bytes, Any]] = {}
+
+    def load_state(key: str) -> Any:
+        if key in unwritten:
+            return unwritten[key][1]
+        raw_key = key.encode()
+        data = states.get(raw_key)
+        if not data:
+            return None
+        cached = decoded.get(raw_key)
+        return cached[1] if cached is not None and cached[0] is data else codec.decode(data)
+
+    def write(key: str, state: Any) -> None:
+        data = codec.encode(state)
+        states[key.encode()] = data
+        decoded[key.encode()] = (data, state)
+
+    def write_unwritten() -> None:
+        pending = list(unwritten.items())
+        unwritten.clear()
+        for key, (_, state) in pending:
+            write(key, state)
+
+    app.before_commit.append(write_unwritten)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
+        # Another worker folds these partitions from their changelog and uncommitted records now.
+        lost = {tp.partition for tp in revoked if tp.topic == topic.get_topic_name()}
+        for key in [k for k, (partition, _) in unwritten.items() if partition in lost]:
+            del unwritten[key]
+
+    @app.timer(settings.state_flush_interval_s)
+    async def flush_states() -> None:
+        write_unwritten()
+
+    @app.agent(topic, concurrency=1, name=f"{domain.name}.fold")
+    async def fold_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
+            records = [_record(e) for e in events]
+            result = fold_batch(records, load_state, folder, unwritten)
+            # Emissions are acknowledged before the state that includes them is written, so a
+            # crash in between re-emits the same ids (deduplicated downstream) instead of losing them.
+            await log.publish(result.emitted)
+            await log.dead_letter(result.dead, f"fold:{domain.name}")
+            partitions = {r.key: r.partition for r in records}
+            last = {key: i for i, (key, _) in enumerate(result.writes)}
+            for i, (key, state) in enumerate(result.writes):
+                if last[key] == i:
+                    unwritten[key] = (partitions.get(key.encode(), -1), state)
+                else:
+                    write(key, state)  # a state the batch ends (a session's last) goes to the changelog as is
+            if on_fold is not None:
+                on_fold(len(events))
+
+    if domain.effects is not None:
+        _register_effects(app, settings, domain, topic, log)
+
+
+def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: _Log) -> None:
+    effects = domain.effects(settings)  # type: ignore[misc]
+    ledger = raw_table(app, settings, domain.ledger_table)  # type: ignore[arg-type]
+
+    @app.agent(topic, concurrency=1, name=f"{domain.name}.effects")
+    async def effects_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
+            requests: dict[uuid.UUID, tuple[Record, Envelope]] = {}
+            for record, envelope in (_effect_request(e, effects.effect_types) for e in events):
+                # A record redelivered within one batch is one request: its send must not look interrupted.
+                if envelope is not None and envelope.event_id not in requests:
+                    requests[envelope.event_id] = (record, envelope)
+            if requests:
+                await run_effects(list(requests.values()))
+
+    async def run_effects(requests: list[tuple[Record, Envelope]]) -> None:
+        started: dict[str, list[str]] = {}
+        todo: list[tuple[Record, Envelope]] = []
+        outputs: list[Envelope] = []
+        for record, envelope in requests:
+            if envelope.type in effects.not_repeatable:
+                key = envelope.stream_id
+                if key not in started:
+                    started[key] = _ledger_decoder.decode(ledger.get(key.encode()) or b"[]")
+                if envelope.event_id.hex in started[key]:
+                    # Started before a crash or redelivered: never run again. The result carries the same
+                    # event id as the original outcome, so whichever reached the log first wins.
+                    outputs.extend(effects.unknown_outcome(envelope))
+                    continue
+                started[key].append(envelope.event_id.hex)
+            todo.append((record, envelope))
+        if started:
+            # Repeatable effects just run again after a crash; a non-repeatable one is recorded before it runs.
+            for key, ids in started.items():
+                ledger[key.encode()] = msgspec.json.encode(ids[-LEDGER_SIZE:])
+            await app.producer.flush()
+        results = await asyncio.gather(*(effects.run(env) for _, env in todo), return_exceptions=True)
+        failed: list[tuple[Record, str]] = []
+        for (record, _), result in zip(todo, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append((record, f"effect: {type(result).__name__}: {result}"))
+            else:
+                outputs.extend(result)
+        await log.publish(outputs)
+        await log.dead_letter(failed, f"effects:{domain.name}")
+
+
+def _record(event: faust.EventT) -> Record:
+    message = event.message
+    return Record(message.topic, message.partition, message.offset, message.key, message.value)
+
+
+def _effect_request(event: faust.EventT, effect_types: frozenset[str]) -> tuple[Record, Envelope | None]:
+    record = _record(event)
+    if record.value is None:
+        return record, None
+    try:
+        envelope = decode(record.value)
+    except DecodeError:
+        return record, None  # the fold agent dead-letters undecodable records
+    return record, envelope if envelope.type in effect_types else None
