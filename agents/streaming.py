@@ -198,12 +198,21 @@ def _record(event: faust.EventT) -> Record:
     return Record(message.topic, message.partition, message.offset, message.key, message.value)
 
 
+class _TypeOnly(msgspec.Struct):
+    type: str
+
+
+_type_decoder = msgspec.json.Decoder(_TypeOnly)
+
+
 def _effect_request(event: faust.EventT, effect_types: frozenset[str]) -> tuple[Record, Envelope | None]:
     record = _record(event)
     if record.value is None:
         return record, None
     try:
-        envelope = decode(record.value)
-    except DecodeError:
+        # Most records are no effect request: read their type alone before decoding the whole envelope.
+        if _type_decoder.decode(record.value).type not in effect_types:
+            return record, None
+        return record, decode(record.value)
+    except (DecodeError, msgspec.DecodeError):
         return record, None  # the fold agent dead-letters undecodable records
-    return record, envelope if envelope.type in effect_types else None

@@ -59,6 +59,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from schemas import Envelope, encode, source_event_id
@@ -570,9 +571,9 @@ async def wait_for_group(settings: Settings, workers: int, within_s: float = 30.
         if found is None:
             return "consumer group not described by the broker; not checked"
         if found == ("Stable", workers):
-            return f"consumer group Stable with {workers} members after {time.perf_counter() - start:.1f} s"
+            return f"consumer group Stable with {workers} member(s) after {time.perf_counter() - start:.1f} s"
         await asyncio.sleep(0.5)
-    return f"consumer group still {found} after {within_s:.0f} s (expected Stable with {workers} members)"
+    return f"consumer group still {found} after {within_s:.0f} s (expected Stable with {workers} member(s))"
 
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
@@ -750,6 +751,7 @@ def peer_python(log: Path) -> tuple[Path | None, str]:
                                       timeout=600, check=False)
                 if done.returncode != 0:
                     return None, f"`{' '.join(step[1:4])} …` exited with {done.returncode}: {tail()}"
+        (PEER_VENV / ".gitignore").write_text("*\n")  # never part of the repository (as venv writes from 3.13)
         if usable():
             return python, f"peer venv {PEER_VENV} created ({' '.join(PEER_PACKAGES)})"
         return None, f"{PEER_VENV} still cannot import the peer's packages: {tail()}"
@@ -766,7 +768,7 @@ class PeerResult:
 
     @property
     def chosen(self) -> dict | None:
-        """The run with the median answered messages/s."""
+        """The run with the median answered messages/s (the upper one of two, as the peer's own summary)."""
         ordered = sorted(self.runs, key=lambda r: r["e2e_msgs_per_s"])
         return ordered[len(ordered) // 2] if ordered else None
 
@@ -1044,15 +1046,15 @@ async def run(args: argparse.Namespace) -> None:
         peer_skipped = "not run (--no-peer or --skip peer)"
     elif reason := peer_unavailable():
         peer_skipped = f"skipped: {reason}"
-        console.print(f"Redis-lock peer comparison skipped: {reason}.", highlight=False)
+        console.print(escape(f"Redis-lock peer comparison skipped: {reason}."), highlight=False)
     else:
         with console.status("preparing the Redis-lock peer's Python…"):
             python_for_peer, how = peer_python(log_dir / "peer-venv.log")
         if python_for_peer is None:
             peer_skipped = f"skipped: {how}"
-            console.print(f"Redis-lock peer comparison skipped: {how}.", highlight=False)
+            console.print(escape(f"Redis-lock peer comparison skipped: {how}."), highlight=False)
         else:
-            console.print(f"[dim]{how}[/dim]", highlight=False)
+            console.print(f"[dim]{escape(how)}[/dim]", highlight=False)
 
     broker = EmbeddedBroker().start(log_dir / "broker.log")
     postgres = EmbeddedPostgres(tmp / "pgdata").start()
@@ -1178,7 +1180,7 @@ async def run(args: argparse.Namespace) -> None:
             peer_skipped = (f"failed: {peer.error or 'no RESULT line'}, exit code {peer.exit_code}; "
                             f"see {log_dir / 'peer.log'}")
         console.print(f"[dim]5. done at {time.perf_counter() - t_all:.0f} s (peer exit code {peer.exit_code}"
-                      f"{', ' + peer.error if peer.error else ''})[/dim]", highlight=False)
+                      f"{escape(', ' + peer.error) if peer.error else ''})[/dim]", highlight=False)
 
     # ------------------------------------------------------------ print
     console.print()
@@ -1216,7 +1218,7 @@ async def run(args: argparse.Namespace) -> None:
     if projector_batches:
         table = Table(title="Projector batches during 1 + 2 (bench/projector_probe.py), per runtime")
         for col in ("runtime", "batches", "records", "mean batch", "_project s", "events INSERT s",
-                    "sessions UPSERT s", "offsets s", "rest (decode, commit) s"):
+                    "read-model UPSERT s", "offsets s", "rest (decode, commit) s"):
             table.add_column(col, justify="left" if col == "runtime" else "right")
         for tag, b in projector_batches.items():
             if not b:
@@ -1338,20 +1340,26 @@ def comparison_table(baton_runs: list[BatonRun], peer: PeerResult | None, peer_s
             f"{1000 * sum(own.values()) / n:.2f}", f"{done.records / n:.1f}",
             f"{1000 * used.get('broker (tansu)', 0.0) / n:.2f}",
             f"{per_s / peer_rate:.2f}×" if per_s and peer_rate else "-",
-            f"CPU of broker, PostgreSQL, {'worker' if done.workers == 1 else 'workers'}, projector, API and bench "
-            f"load over {wall:.1f} s; {used.get('everything else on the machine', 0.0):.1f} s elsewhere on the machine")
+            f"{wall:.1f} s window; {used.get('everything else on the machine', 0.0) / wall:.2f} cores busy elsewhere")
     if chosen:
         own = peer_cpu(chosen)
         failed = sum(not ok for _, ok, _ in chosen["checks"])
         runs = len(peer.runs)
+        others = max(0.0, chosen["cpu"].get("_system_busy", 0.0) - sum(own.values()))
         table.add_row(
             "Redis-lock peer", f"{peer_rate:,.0f}", f"{1000 * sum(own.values()) / chosen['messages']:.2f}",
             "-", "-", "1.00×",
-            f"{chosen['workers']} workers × {chosen['concurrency']} jobs; +{chosen['duplicate_deliveries']:,} duplicate "
-            f"deliveries; {'median of ' + str(runs) + ' runs; ' if runs > 1 else ''}"
-            f"checks {'FAIL ×' + str(failed) if failed else 'PASS'}; no HTTP tier (driver calls PG/Redis directly)")
+            f"{chosen['e2e_s']:.1f} s window; {others / chosen['e2e_s']:.2f} cores busy elsewhere; "
+            f"{'median run of ' + str(runs) + '; ' if runs > 1 else ''}checks {'FAIL ×' + str(failed) if failed else 'PASS'}")
     else:
-        table.add_row("Redis-lock peer", "-", "-", "-", "-", "-", peer_skipped or "not run")
+        table.add_row("Redis-lock peer", "-", "-", "-", "-", "-", escape(peer_skipped or "not run"))
+    table.caption = (
+        "answered msgs/s: N ÷ (first ingest → last reply seen). CPU: Baton = broker + PostgreSQL + worker(s) + "
+        "projector + API + bench load (HTTP client, SQL watcher), from /proc in clock ticks; peer = its own report "
+        "(schedstat): driver (no HTTP tier: it calls PostgreSQL and Redis directly) + workers + redis-server + its "
+        "PostgreSQL backends + the server's background processes, not other clients' backends. Log records and "
+        "broker CPU: Baton only. The peer's workload also carries ~20% duplicate deliveries (its default); Baton's "
+        "(1) none.")
     return table
 
 

@@ -39,7 +39,7 @@ def main() -> None:
     # run_projector reaches these through module globals: wrap them without touching the projector.
     project = projector._project
     projector.write_events = _timed("events", projector.write_events)
-    projector.write_sessions = _timed("sessions", projector.write_sessions)
+    projector.write_rows = _timed("sessions", projector.write_rows)
     projector.write_offsets = _timed("offsets", projector.write_offsets)
 
     async def timed_project(*args, **kwargs):
