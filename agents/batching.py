@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from schemas import DecodeError, Envelope, decode
+from schemas import DecodeError, Envelope, decode, stream_id_for
 
 S = TypeVar("S")
 
@@ -39,6 +39,8 @@ def envelope_of(record: Record) -> Envelope:
     key = record.key.decode("utf-8", "replace")
     if envelope.stream_id != key:
         raise BadRecord(f"key {key!r} differs from stream_id {envelope.stream_id!r}")
+    if (rule := stream_id_for(envelope.tenant_id, envelope.payload)) != key:
+        raise BadRecord(f"stream_id {key!r} is not the payload's stream {rule!r}")
     return envelope
 
 

@@ -90,8 +90,11 @@ def registration(event_type: str) -> Registration:
 
 
 def registration_of(payload: Payload) -> Registration:
-    """The registration of a payload instance."""
-    return _BY_CLASS[type(payload)]
+    """The registration of a payload instance; SchemaError when its class is not registered."""
+    try:
+        return _BY_CLASS[type(payload)]
+    except KeyError:
+        raise SchemaError(f"payload type {type(payload).__name__} is not registered") from None
 
 
 def stream_id_for(tenant_id: str, payload: Payload) -> str:

@@ -9,12 +9,16 @@ from typing import Self
 
 from aiokafka import AIOKafkaProducer
 
-from schemas import Envelope, encode, registration
+from schemas import Envelope, SchemaError, encode, registration, registration_of, stream_id_for
 from streams.settings import Settings
 
 
 class PublishError(RuntimeError):
     """The broker did not acknowledge every event of a publish call."""
+
+
+class InvalidEnvelope(ValueError):
+    """An envelope whose stream id or type does not follow from its payload; nothing was published."""
 
 
 def producer_options(settings: Settings) -> dict[str, object]:
@@ -52,7 +56,16 @@ class Publisher:
         await self.stop()
 
     async def publish(self, envelopes: Sequence[Envelope]) -> list[uuid.UUID]:
-        """Send every envelope keyed by its stream id and wait for all acks."""
+        """Send every envelope keyed by its stream id and wait for all acks; nothing is sent if one is invalid."""
+        for envelope in envelopes:
+            try:
+                expected = stream_id_for(envelope.tenant_id, envelope.payload)
+                own_type = registration_of(envelope.payload).type
+            except SchemaError as exc:
+                raise InvalidEnvelope(f"event {envelope.event_id}: {exc}") from None
+            if (envelope.stream_id, envelope.type) != (expected, own_type):
+                raise InvalidEnvelope(f"event {envelope.event_id}: stream_id {envelope.stream_id!r} and type"
+                                      f" {envelope.type!r} must be {expected!r} and {own_type!r}")
         futures = [
             await self._producer.send(
                 self.settings.topic(registration(envelope.type).domain),

@@ -326,7 +326,10 @@ async def verify_whatsapp(request: Request) -> PlainTextResponse:
 
 
 async def receive_whatsapp(request: Request, body: JsonBody) -> dict[str, Any]:
-    """A signed webhook delivery: normalised and published whole, then 200 so Meta does not retry."""
+    """A signed webhook delivery: validated whole and published, then 200 so Meta does not retry.
+
+    On 503 part of it may be stored; Meta's retry carries the same message ids, hence the same event ids.
+    """
     state = request.app.state
     header = request.headers.get("x-hub-signature-256")
     if not verify_signature(state.settings.whatsapp_app_secret.get_secret_value(), body, header):

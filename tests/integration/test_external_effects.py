@@ -27,11 +27,17 @@ from streams.publisher import Publisher
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.topics import changelog_topic, log_end_offsets
-from tests.integration.conftest import eventually
 from tests.conversation_logs import inbound
+from tests.integration.conftest import eventually
 from tests.integration.test_pipeline import _messages
 
 pytestmark = pytest.mark.integration
+
+
+class _Server(ThreadingHTTPServer):
+    # A worker sends a whole batch at once: the default listen backlog (5) resets connections, which the
+    # worker rightly reports as failed sends; the Graph API does not.
+    request_queue_size = 1024
 
 
 class FakeApis:
@@ -93,7 +99,7 @@ class FakeApis:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server = _Server(("127.0.0.1", free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

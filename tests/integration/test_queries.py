@@ -275,7 +275,7 @@ async def test_replay_verify_reports_live_lag_while_the_projector_is_behind(sett
     later = [*conversation("acme", "34600000002", [(NOW - timedelta(minutes=2), "support", True)])[0],
              *conversation("acme", "34600000001", [(NOW - timedelta(minutes=1), "commerce", True)],
                            state=states["conversation:acme:34600000001"])[0]]
-    changelog, sessions = fold_like_worker(settings, later, states)
+    changelog, _ = fold_like_worker(settings, later, states)
     behind = [*on_log(settings, later), *changelog]
     await produce(settings, behind)
 

@@ -95,3 +95,4 @@ def test_bad_records_become_dead_letters_and_the_rest_is_folded() -> None:
     assert reasons[1] == "record has no key or no value"
     assert "differs from stream_id" in reasons[2]
     assert result.folded == 1
+

@@ -1,0 +1,183 @@
+"""Dead letters from inside a fold and inside an effect: the failing record is dead-lettered with its reason
+and stage, and the rest of its batch goes on (DESIGN.md invariant 5: nothing is silently dropped).
+
+The agents' bodies run on a batch handed to them directly, with the worker's log recording what it would send.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from agents import streaming
+from agents.batching import Folder, Record, fold_batch
+from agents.conversations import conversation_folder
+from agents.folds.conversations import fold
+from schemas import Envelope, decode, encode
+from streams.app import create_app
+from streams.deadletter import DeadLetter, parse_dead_letter
+from streams.domains.conversations import DOMAIN
+from streams.settings import Settings
+from tests.conversation_logs import answers, inbound
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+SETTINGS = Settings()
+TOPIC = SETTINGS.topic("conversations")
+
+
+def message(contact: str, wamid: str, text: str = "hola", at: datetime = T0) -> Envelope:
+    return inbound("acme", contact, wamid, at, text=text)
+
+
+def records(envelopes: Sequence[Envelope | tuple[bytes, bytes]], partition: int = 1) -> list[Record]:
+    """Records in log order; a (key, value) pair stands for bytes that are no envelope."""
+    out = []
+    for offset, item in enumerate(envelopes):
+        key, value = item if isinstance(item, tuple) else (item.stream_id.encode(), encode(item))
+        out.append(Record(TOPIC, partition, offset, key, value))
+    return out
+
+
+def routing_request(inbound_message: Envelope) -> Envelope:
+    """The routing request the fold emits for a contact's first message."""
+    _, emitted = fold(None, inbound_message)
+    return next(e for e in emitted if e.type == "conversation.routing.requested")
+
+
+def exploding_folder(settings: Settings) -> Folder:
+    """The conversation folder, except that a message saying "boom" makes it raise."""
+    real = conversation_folder(settings)
+
+    def explode(state: Any, envelope: Envelope, config: Any) -> Any:
+        if getattr(envelope.payload, "text", None) == "boom":
+            raise ZeroDivisionError("division by zero")
+        return real.fold(state, envelope, config)
+
+    return Folder(fold=explode, config=real.config, ends_state=real.ends_state)
+
+
+def test_an_exception_inside_the_fold_is_a_dead_letter_and_the_key_goes_on() -> None:
+    batch = records([message("1", "w1"), message("1", "w2", "boom", T0 + timedelta(minutes=1)),
+                     message("1", "w3", at=T0 + timedelta(minutes=2)), message("2", "w4")])
+    result = fold_batch(batch, lambda _key: None, exploding_folder(SETTINGS))
+    assert [(record.offset, reason) for record, reason in result.dead] == [(1, "fold: ZeroDivisionError: division by zero")]
+    assert result.folded == 3
+    states = dict(result.writes)
+    one = states["conversation:acme:1"]
+    # The failed record is not in the state, but the state moved past it: a redelivery does not retry it.
+    assert ([t.whatsapp_message_id for t in one.dialogue], one.log_offset) == (["w1", "w3"], 2)
+    assert [t.whatsapp_message_id for t in states["conversation:acme:2"].dialogue] == ["w4"]
+
+
+def test_a_record_keyed_to_another_contacts_stream_is_dead_lettered_before_the_fold() -> None:
+    # Ingest, the webhook and the publisher derive the stream id from the payload; a foreign producer that
+    # does not puts the event under another stream's key, and it never reaches that stream's state.
+    ana = message("1", "w1")
+    stray = msgspec.structs.replace(message("2", "w2", at=T0 + timedelta(minutes=1)), stream_id=ana.stream_id)
+    result = fold_batch(records([ana, stray]), lambda _key: None, conversation_folder(SETTINGS))
+    ((record, reason),) = result.dead
+    assert record.offset == 1
+    assert reason == f"stream_id {ana.stream_id!r} is not the payload's stream 'conversation:acme:2'"
+    assert dict(result.writes)[ana.stream_id].messages_received == 1
+
+
+class RecordingLog(streaming._Log):
+    """The worker's log, recording what it would send instead of sending it."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+
+    async def send_all(self, topic: str, records: Any) -> None:
+        self.sent += [(topic, key, value) for key, value in records]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return [parse_dead_letter(value) for topic, _, value in self.sent if topic == SETTINGS.deadletter_topic]
+
+    def events(self) -> list[Envelope]:
+        return [decode(value) for topic, _, value in self.sent if topic == TOPIC]
+
+
+class _Message:
+    def __init__(self, record: Record) -> None:
+        self.topic, self.partition, self.offset = record.topic, record.partition, record.offset
+        self.key, self.value = record.key, record.value
+
+
+class _Event:
+    def __init__(self, record: Record) -> None:
+        self.message = _Message(record)
+
+
+class _Stream:
+    """A stream handing the agent one batch, as take_events does."""
+
+    def __init__(self, batch: list[Record]) -> None:
+        self.batch = batch
+
+    async def take_events(self, max_: int, within: float) -> AsyncIterator[list[_Event]]:
+        yield [_Event(record) for record in self.batch]
+
+
+class ExplodingEffects:
+    """Routing that answers like the router, except for a message saying "boom"."""
+
+    effect_types = frozenset({"conversation.routing.requested"})
+    not_repeatable: frozenset[str] = frozenset()
+
+    async def run(self, envelope: Envelope) -> list[Envelope]:
+        if envelope.payload.text == "boom":
+            raise RuntimeError("classifier exploded")
+        return answers(envelope, "info", True)[:2]
+
+    def unknown_outcome(self, envelope: Envelope) -> list[Envelope]:
+        raise AssertionError("routing is repeatable")
+
+
+@pytest.fixture
+def worker(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, RecordingLog]:
+    """A worker app with the conversations domain, its fold exploding on "boom" and its router too."""
+    app = create_app(SETTINGS)
+    log = RecordingLog(SETTINGS)
+    monkeypatch.setitem(streaming._logs, id(app), log)
+    domain = dataclasses.replace(DOMAIN, folder=exploding_folder, effects=lambda _settings: ExplodingEffects())
+    streaming.register_domain(app, SETTINGS, domain)
+    return app, log
+
+
+async def test_the_fold_agent_dead_letters_a_failing_fold_with_its_stage_and_folds_the_rest(worker) -> None:
+    app, log = worker
+    garbage = (b"conversation:acme:1", b"\xff not an envelope")
+    batch = records([message("1", "w1"), message("1", "w2", "boom"), garbage, message("1", "w3")])
+    await app.agents["conversations.fold"].fun(_Stream(batch))
+
+    fold_letter, decode_letter = log.dead_letters()
+    assert (fold_letter.stage, fold_letter.reason) == ("fold:conversations", "fold: ZeroDivisionError: division by zero")
+    assert (fold_letter.source_topic, fold_letter.partition, fold_letter.offset) == (TOPIC, 1, 1)
+    assert fold_letter.raw_key() == b"conversation:acme:1" and decode(fold_letter.raw_value()).payload.text == "boom"
+    assert decode_letter.stage == "fold:conversations" and decode_letter.reason.startswith("decode: ")
+    assert (decode_letter.offset, decode_letter.raw_value()) == (2, garbage[1])
+    # The others were folded: their routing requests are on the log, in order (their states wait for the
+    # next flush, which needs a running producer and is the fold_batch test's business).
+    requested = [e for e in log.events() if e.type == "conversation.routing.requested"]
+    assert [e.causation_id for e in requested] == [message("1", "w1").event_id, message("1", "w3").event_id]
+
+
+async def test_the_effect_agent_dead_letters_an_exception_and_publishes_the_other_results(worker) -> None:
+    app, log = worker
+    boom = routing_request(message("1", "w1", "boom"))
+    fine = routing_request(message("2", "w2", "hola"))
+    batch = records([message("1", "w1", "boom"), boom, fine])
+    await app.agents["conversations.effects"].fun(_Stream(batch))
+
+    (letter,) = log.dead_letters()
+    assert (letter.stage, letter.reason) == ("effects:conversations", "effect: RuntimeError: classifier exploded")
+    assert (letter.source_topic, letter.partition, letter.offset) == (TOPIC, 1, 1)
+    assert decode(letter.raw_value()).event_id == boom.event_id
+    assert [(e.type, e.causation_id) for e in log.events()] == [
+        ("conversation.message.routed", fine.event_id), ("conversation.reply.requested", fine.event_id)]
