@@ -9,7 +9,14 @@ from typing import Self
 
 from aiokafka import AIOKafkaProducer
 
-from schemas import Envelope, SchemaError, encode, registration, registration_of, stream_id_for
+from schemas import (
+    Envelope,
+    SchemaError,
+    encode,
+    registration,
+    registration_of,
+    stream_id_for,
+)
 from streams.settings import Settings
 
 
