@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Self
 
@@ -215,12 +216,16 @@ async def test_undecodable_records_are_dead_lettered_and_projection_continues(se
     assert state_letter.reason.startswith("decode conversations state:") and state_letter.raw_value() == bad_state
 
 
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[Callable[[str | None], httpx.AsyncClient]]:
-    """Query API clients over read models written straight from folded states, by tenant."""
-    _, sessions = fold_like_worker(settings, acme_and_globex(), {})
+Clients = Callable[[str | None], httpx.AsyncClient]
+
+
+@asynccontextmanager
+async def query_api(settings: Settings, log: list[Envelope]) -> AsyncIterator[Clients]:
+    """Query API clients per tenant (None: no token) over the read models of `log`, folded as the worker folds it."""
+    _, sessions = fold_like_worker(settings, log, {})
     await apply_migrations(settings.database_url)
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn, conn.transaction(), conn.cursor() as cur:
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn, conn.transaction(), \
+            conn.cursor() as cur:
         await write_rows(cur, SESSIONS, [session_row(s) for s in sessions.values()])
     app = FastAPI()
     app.include_router(query_router())
@@ -235,9 +240,18 @@ async def client(settings: Settings) -> AsyncIterator[Callable[[str | None], htt
                                              headers=headers))
             return clients[-1]
 
-        yield for_tenant
-        for c in clients:
-            await c.aclose()
+        try:
+            yield for_tenant
+        finally:
+            for c in clients:
+                await c.aclose()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Clients]:
+    """Query API clients over read models written straight from folded states, by tenant."""
+    async with query_api(settings, acme_and_globex()) as clients:
+        yield clients
 
 
 async def test_api_needs_a_valid_token(client):

@@ -7,27 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import psycopg
 import pytest
-from fastapi import FastAPI
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
 from rich.console import Console
 from typer.testing import CliRunner
 
 from agents.folds.conversations import ConversationState
-from projections.api.conversations import query_router
-from projections.migrations import apply_migrations
 from projections.replay import Mismatch, ReplayReport, replay
-from projections.writers import write_rows
-from projections.writers.conversations import SESSIONS, session_row
+from projections.writers.conversations import SESSIONS
 from schemas import Envelope
-from streams.auth import issue_token
 from streams.cli import cli
 from streams.deadletter import dead_letter_record, list_dead_letters
 from streams.settings import Settings, get_settings
@@ -44,41 +35,13 @@ from tests.integration.test_projector import (
     on_log,
     produce,
     query,
+    query_api,
 )
 
 pytestmark = pytest.mark.integration
 
 # Microseconds on purpose: a cursor that dropped them would skip the rest of a tie.
 NOW = datetime.now(UTC).replace(microsecond=123457)
-Clients = Callable[[str], httpx.AsyncClient]
-
-
-@asynccontextmanager
-async def query_api(settings: Settings, log: list[Envelope]) -> AsyncIterator[Clients]:
-    """Query API clients per tenant over the read models of `log`, folded as the worker folds it."""
-    _, sessions = fold_like_worker(settings, log, {})
-    await apply_migrations(settings.database_url)
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn, conn.transaction(), \
-            conn.cursor() as cur:
-        await write_rows(cur, SESSIONS, [session_row(s) for s in sessions.values()])
-    app = FastAPI()
-    app.include_router(query_router())
-    app.state.settings = settings
-    async with AsyncConnectionPool(settings.database_url, min_size=1, max_size=2, open=False) as pool:
-        app.state.pool = pool
-        clients: list[httpx.AsyncClient] = []
-
-        def for_tenant(tenant: str) -> httpx.AsyncClient:
-            clients.append(httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://baton",
-                headers={"Authorization": f"Bearer {issue_token(settings, tenant)}"}))
-            return clients[-1]
-
-        try:
-            yield for_tenant
-        finally:
-            for client in clients:
-                await client.aclose()
 
 
 async def listed(http: httpx.AsyncClient, **params: object) -> list[str]:
