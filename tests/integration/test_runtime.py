@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,13 +64,13 @@ class Dev:
             return False
 
 
-@pytest.fixture
-def dev(tmp_path: Path) -> Iterator[Dev]:
-    """`baton dev` with its own embedded broker and PostgreSQL, as a user runs it."""
+@contextmanager
+def running_dev(tmp_path: Path, **env_overrides: str) -> Iterator[Dev]:
+    """`baton dev` with its own embedded broker and PostgreSQL, as a user runs it (plus env_overrides)."""
     data_dir = tmp_path / "baton"
     run = uuid.uuid4().hex[:8]
     settings = Settings(app_id=f"baton-dev-{run}", topic_prefix=f"dev-{run}.", topic_partitions=2, data_dir=data_dir)
-    env = child_env(**settings_env(settings), COLUMNS="200")  # BATON_DATA_DIR: data_dir
+    env = child_env(**{**settings_env(settings), "COLUMNS": "200", **env_overrides})  # BATON_DATA_DIR: data_dir
     for name in SERVICES:  # no configured services: `baton dev` starts its own
         env.pop(name, None)
     console = tmp_path / "dev.out"
@@ -90,6 +91,12 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
         for pid in running.children().values():  # only if the test failed before checking they died
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Dev]:
+    with running_dev(tmp_path) as running:
+        yield running
 
 
 def test_dev_restarts_a_killed_worker_and_its_children_die_with_it(dev: Dev) -> None:
