@@ -3,7 +3,6 @@
 from schemas.catalog import EventCatalog
 from schemas.codec import (
     Registration,
-    catalogs,
     decode,
     encode,
     new_event,
@@ -29,7 +28,7 @@ from schemas.errors import (
 
 __all__ = [
     "DecodeError", "Envelope", "EventCatalog", "Payload", "Registration", "SchemaError",
-    "UnknownEventType", "UnsupportedSchemaVersion", "catalogs", "decode", "derived_event_id", "emitted",
+    "UnknownEventType", "UnsupportedSchemaVersion", "decode", "derived_event_id", "emitted",
     "encode", "new_event", "payload_from_builtins", "register_catalog", "registration", "registration_of",
     "source_event_id", "stream_id_for",
 ]

@@ -76,11 +76,6 @@ def register_catalog(catalog: EventCatalog) -> EventCatalog:
     return catalog
 
 
-def catalogs() -> dict[str, EventCatalog]:
-    """The registered catalogs by domain name."""
-    return dict(_CATALOGS)
-
-
 def registration(event_type: str) -> Registration:
     """The registration of a type name; UnknownEventType names it when absent."""
     try:
