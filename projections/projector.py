@@ -19,7 +19,7 @@ from projections.migrations import apply_migrations
 from projections.writers import ReadModel, write_rows
 from projections.writers.events import event_row, write_events
 from streams.deadletter import dead_letter_record
-from streams.domains import Domain, load_domains, migration_sources
+from streams.domains import Domain, domain_of_topic, load_domains, migration_sources
 from streams.publisher import producer_options
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
@@ -50,7 +50,7 @@ OnBatch = Callable[[BatchReport], Awaitable[None] | None]
 
 def domain_topics(settings: Settings) -> list[str]:
     """Every domain topic."""
-    return [settings.topic(domain.name) for domain in load_domains(settings)]
+    return list(domain_of_topic(settings))
 
 
 def state_changelogs(settings: Settings) -> dict[str, Domain]:
@@ -157,9 +157,8 @@ async def _project(
                 if domain is None:
                     events.append(event_row(envelope_of(record), tp.topic, tp.partition, record.offset))
                 elif record.value is not None:  # a tombstone deletes nothing from the history
-                    state = _state_of(domain, record)
-                    for model in domain.read_models:
-                        rows.setdefault(model, []).append(model.row(state))  # type: ignore[misc]
+                    for model, row in domain.rows_of(_state_of(domain, record)):
+                        rows.setdefault(model, []).append(row)
             except (RecordError, BadRecord) as exc:
                 dead.append((record, str(exc)))
     if dead:

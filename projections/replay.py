@@ -18,7 +18,7 @@ from agents.batching import BadRecord, Record, envelope_of, fold_batch
 from projections import ProjectionError
 from projections.migrations import apply_migrations
 from projections.projector import assigned_consumer, load_offsets, state_changelogs
-from projections.writers import write_rows
+from projections.writers import ReadModel, write_rows
 from projections.writers.events import EVENTS, event_row, write_events
 from streams.domains import domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
@@ -123,8 +123,8 @@ class ReplayReport:
 class _Rebuild:
     records: int = 0
     events: dict[uuid.UUID, tuple] = field(default_factory=dict)
-    # read-model table -> key -> row; the last row per key wins, as in the projector's upsert
-    rows: dict[str, dict[object, tuple]] = field(default_factory=dict)
+    # read model -> key -> row; the last row per key wins, as in the projector's upsert
+    rows: dict[ReadModel, dict[object, tuple]] = field(default_factory=dict)
     not_archived: int = 0
     not_folded: int = 0
 
@@ -149,7 +149,7 @@ async def replay(
                             for name, key in compared_tables(settings)])
     return ReplayReport(
         schema=schema, records=rebuild.records, events=len(rebuild.events),
-        rows={table: len(rows) for table, rows in rebuild.rows.items()},
+        rows={model.table: len(rows) for model, rows in rebuild.rows.items()},
         not_archived=rebuild.not_archived, not_folded=rebuild.not_folded, verified=verify, live_lag=lag,
         tables=tables,
     )
@@ -190,9 +190,8 @@ async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Reb
                                     states.get, folders[tp.topic])
                 for key, state in result.writes:
                     states[key] = state
-                    for model in domains[tp.topic].read_models:
-                        row = model.row(state)  # type: ignore[misc]
-                        rebuild.rows.setdefault(model.table, {})[row[0]] = row
+                    for model, row in domains[tp.topic].rows_of(state):
+                        rebuild.rows.setdefault(model, {})[row[0]] = row
                 rebuild.not_folded += len(result.dead)
                 rebuild.records += len(kept)
             for tp in list(pending):
@@ -221,16 +220,15 @@ def _archive(rebuild: _Rebuild, tp: TopicPartition, records: Sequence) -> None:
 
 async def _write_shadow(conn: AsyncConnection, settings: Settings, schema: str, rebuild: _Rebuild) -> None:
     """Drop and recreate the shadow schema with the live migrations and writers, in one transaction."""
-    models = {model.table: model for domain in load_domains(settings) for model in domain.read_models}
     async with conn.transaction():
         await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         await apply_migrations(conn, schema, migration_sources(settings))
         async with conn.cursor() as cur:
             for chunk in _chunks(list(rebuild.events.values())):
                 await write_events(cur, chunk, schema)
-            for table, rows in rebuild.rows.items():
+            for model, rows in rebuild.rows.items():
                 for chunk in _chunks(list(rows.values())):
-                    await write_rows(cur, models[table], chunk, schema)
+                    await write_rows(cur, model, chunk, schema)
 
 
 async def diff_table(

@@ -64,6 +64,10 @@ class Domain:
     routers: Callable[[], Sequence[APIRouter]] = field(default=lambda: ())
     effects: Callable[[Settings], EffectWorker] | None = None
 
+    def rows_of(self, state: Any) -> list[tuple[ReadModel, tuple]]:
+        """Each read model's row for one state, as the projector and replay write it."""
+        return [(model, model.row(state)) for model in self.read_models]  # type: ignore[misc]
+
     @property
     def ledger_table(self) -> str | None:
         """The effect ledger's table, when the domain has effects."""
