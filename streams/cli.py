@@ -29,7 +29,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _connected_settings(database: bool = True) -> Settings:
+def connected_settings(database: bool = True) -> Settings:
     """Settings naming a broker (and database): the environment's, else those of a running `baton dev`."""
     settings = get_settings()
     runtime_file = settings.data_dir / "runtime.json"
@@ -107,7 +107,7 @@ def worker() -> None:
     """Run the Faust worker (folds and effects) against KAFKA_BOOTSTRAP_SERVERS."""
     from streams.worker import run_worker
 
-    run_worker(_connected_settings(database=False))
+    run_worker(connected_settings(database=False))
 
 
 @cli.command()
@@ -115,7 +115,7 @@ def projector() -> None:
     """Run the projector: log → PostgreSQL read models."""
     from projections.projector import main as run_projector
 
-    run_projector(_connected_settings())
+    run_projector(connected_settings())
 
 
 @cli.command()
@@ -123,7 +123,7 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default BATON_API_P
     """Serve ingest, webhook and query API."""
     from streams.server import run_api
 
-    run_api(_connected_settings(), port)
+    run_api(connected_settings(), port)
 
 
 @cli.command()
@@ -147,7 +147,7 @@ def replay(verify: Annotated[bool, typer.Option(help="Diff the rebuild against t
     """Rebuild every read model from the log into a shadow schema (and diff it with --verify)."""
     from projections.replay import replay as run_replay
 
-    settings = _connected_settings()
+    settings = connected_settings()
     with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("replay", total=None)
         report = asyncio.run(run_replay(settings, verify=verify, progress=lambda done, total: bar.update(task, completed=done, total=total)))
@@ -161,7 +161,7 @@ def deadletter_list(limit: Annotated[int, typer.Option(min=1, help="Most recent 
     """Show dead-lettered records with their reasons."""
     from streams.deadletter import list_dead_letters
 
-    letters = asyncio.run(list_dead_letters(_connected_settings(database=False), limit))
+    letters = asyncio.run(list_dead_letters(connected_settings(database=False), limit))
     table = Table("source", "offset", "stage", "reason", "failed at")
     for letter in letters:
         table.add_row(f"{letter.source_topic}[{letter.partition}]", str(letter.offset), letter.stage, letter.reason, str(letter.failed_at))
@@ -172,6 +172,17 @@ def _tenants(settings: Settings):
     from streams.tenants import load_tenants
 
     return load_tenants(settings.tenants_file)
+
+
+def _add_domain_commands() -> None:
+    from streams.domains import load_domains
+
+    for domain in load_domains():
+        if domain.commands is not None:
+            domain.commands(cli)
+
+
+_add_domain_commands()
 
 
 def main() -> None:

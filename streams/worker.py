@@ -23,6 +23,8 @@ def build_worker_app(settings: Settings) -> faust.App:
     app = create_app(settings)
     for domain in load_domains(settings):
         register_domain(app, settings, domain)
+        if domain.agents is not None:
+            domain.agents(app, settings)
     return app
 
 

@@ -12,15 +12,28 @@ from psycopg import AsyncCursor, sql
 
 @dataclass(frozen=True, slots=True)
 class ReadModel:
-    """One read-model table built from a domain's states: a row per state, keyed by its first column."""
+    """One read-model table built from a domain's states, keyed by its first column.
+
+    A state gives one row (`row`) or several (`rows`: e.g. one per queued message). Rows are upserted, never
+    deleted: a row a state stops producing keeps its last value, in the projector and in replay alike, so an
+    item may leave a state only after its final row was written (keep terminal items a while before pruning).
+    """
 
     table: str
     # (column, PostgreSQL type) in row order; `row` produces exactly these tuples.
     columns: tuple[tuple[str, str], ...]
     # state -> row; None for a table whose rows are not built from states (the events archive).
     row: Callable[[Any], tuple] | None = None
+    # state -> rows, for a table with several rows per state (use `row` or `rows`, not both).
+    rows: Callable[[Any], Iterable[tuple]] | None = None
     # Upsert keeps the last row per key (the newest state); otherwise the first one written wins.
     upsert: bool = True
+
+    def rows_of(self, state: Any) -> Iterable[tuple]:
+        """The rows one state gives this table."""
+        if self.rows is not None:
+            return self.rows(state)
+        return () if self.row is None else (self.row(state),)
 
     @property
     def key(self) -> str:

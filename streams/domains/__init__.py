@@ -1,13 +1,15 @@
 """The domain registry: each domain is declared once, and the worker, projector, replay, ingest, API and CLI
 iterate over it without naming any domain.
 
-A declaration is a `Domain` value in a module of its own (the built-in ones live beside this file);
-`BUILTIN` lists them, and `BATON_EXTRA_DOMAINS` (comma-separated `module:attribute`) adds more.
+A declaration is a `Domain` named `DOMAIN` in a module of its own; every module beside this file is a
+built-in domain (adding one edits no generic file), and `BATON_EXTRA_DOMAINS` (comma-separated
+`module:attribute`) adds more.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -20,9 +22,13 @@ from schemas import Envelope, EventCatalog
 from streams.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    import faust
+    import typer
     from fastapi import APIRouter
 
-BUILTIN: tuple[str, ...] = ("streams.domains.conversations:DOMAIN",)
+BUILTIN: tuple[str, ...] = tuple(
+    f"{__name__}.{module.name}:DOMAIN" for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+)
 
 
 class DomainError(RuntimeError):
@@ -63,10 +69,14 @@ class Domain:
     migrations: Path | None = None
     routers: Callable[[], Sequence[APIRouter]] = field(default=lambda: ())
     effects: Callable[[Settings], EffectWorker] | None = None
+    # Extra worker-side agents or timers (e.g. one publishing tick events): called with the worker's app.
+    agents: Callable[[faust.App, Settings], None] | None = None
+    # Adds the domain's commands (or command groups) to the `baton` CLI.
+    commands: Callable[[typer.Typer], None] | None = None
 
     def rows_of(self, state: Any) -> list[tuple[ReadModel, tuple]]:
-        """Each read model's row for one state, as the projector and replay write it."""
-        return [(model, model.row(state)) for model in self.read_models]  # type: ignore[misc]
+        """Each read model's rows for one state, as the projector and replay write them."""
+        return [(model, row) for model in self.read_models for row in model.rows_of(state)]
 
     @property
     def ledger_table(self) -> str | None:
