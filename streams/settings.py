@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens of one model; cache reads and writes priced apart from plain input."""
+
+    input_usd_per_mtok: float = Field(0.0, ge=0)
+    output_usd_per_mtok: float = Field(0.0, ge=0)
+    cache_read_usd_per_mtok: float = Field(0.0, ge=0)
+    cache_write_usd_per_mtok: float = Field(0.0, ge=0)
+
+
+def _prices(input_usd: float, output_usd: float) -> ModelPrice:
+    # Anthropic's list prices: a cache read costs 0.1x input, a 5-minute cache write 1.25x.
+    return ModelPrice(input_usd_per_mtok=input_usd, output_usd_per_mtok=output_usd,
+                      cache_read_usd_per_mtok=input_usd * 0.1, cache_write_usd_per_mtok=input_usd * 1.25)
+
+
+DEFAULT_LLM_PRICES = {
+    "claude-haiku-4-5": _prices(1.0, 5.0),
+    "claude-sonnet-4-5": _prices(3.0, 15.0),
+    "claude-opus-4-5": _prices(5.0, 25.0),
+}
 
 
 def _env(name: str) -> AliasChoices:
@@ -38,6 +61,10 @@ class Settings(BaseSettings):
     whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
     whatsapp_timeout_s: float = Field(10.0, gt=0)
     tenants_file: Path = Path(__file__).resolve().parent.parent / "examples" / "tenants.toml"
+
+    # Model name (or prefix, for dated ids) -> prices; JSON in BATON_LLM_PRICES replaces the whole table.
+    llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_LLM_PRICES))
+    llm_timeout_s: float = Field(30.0, gt=0)
 
     classifier_model: str = "claude-haiku-4-5"
     classifier_timeout_s: float = Field(5.0, gt=0)
@@ -96,6 +123,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif isinstance(value, dict | list):
+            value = json.dumps(value)
         key = name.upper() if name in _STANDARD_NAMES else f"BATON_{name.upper()}"
         env[key] = str(value)
     return env
