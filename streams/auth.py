@@ -1,48 +1,147 @@
-"""Bearer JWTs (HS256) naming the caller's tenant; every API derives the tenant from here."""
+"""Bearer JWTs (HS256) naming the caller's tenant (and subject); every API derives the tenant from here.
+
+Tokens carry `iss` and `aud` (checked), a `kid` naming the secret that signed them (rotation: every secret of
+BATON_JWT_SECRETS verifies, the first signs), `sub` (a learner, or `tenant:<id>`) and, for services, `scope`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from streams.ratelimit import TokenBucket, rate_limited
 from streams.settings import Settings
+
+ISSUER = "baton"
+AUDIENCE = "baton-api"
+LEEWAY_S = 30
+SERVICE_SCOPE = "service"
 
 _bearer = HTTPBearer(auto_error=False)
 
 
-def issue_token(settings: Settings, tenant_id: str, ttl_s: int = 30 * 24 * 3600) -> str:
-    """A signed token for one tenant."""
+class Caller(NamedTuple):
+    """Who is calling: the tenant, the subject within it, and whether the token is a service's."""
+
+    tenant_id: str
+    subject: str
+    service: bool
+
+
+class TokenRejected(Exception):
+    """A token that grants nothing; the message says why without repeating the token."""
+
+
+def key_id(secret: str) -> str:
+    """The `kid` of a secret: a short digest, so a token names its key without revealing it."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def issue_token(settings: Settings, tenant_id: str, ttl_s: int = 30 * 24 * 3600, *, subject: str | None = None,
+                service: bool = False) -> str:
+    """A token for one tenant (and subject), signed with the first configured secret."""
     now = int(time.time())
-    claims = {"sub": f"tenant:{tenant_id}", "tenant_id": tenant_id, "iat": now, "exp": now + ttl_s}
-    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+    claims: dict[str, object] = {"iss": ISSUER, "aud": AUDIENCE, "sub": subject or f"tenant:{tenant_id}",
+                                 "tenant_id": tenant_id, "iat": now, "exp": now + ttl_s}
+    if service:
+        claims["scope"] = SERVICE_SCOPE
+    secret = settings.jwt_keys[0]
+    return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_id(secret)})
+
+
+def caller_from_token(settings: Settings, token: str) -> Caller:
+    """The caller a valid token names; TokenRejected (with the reason) otherwise."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.DecodeError:
+        raise TokenRejected("malformed token") from None
+    keys = settings.jwt_keys
+    if kid is not None:
+        keys = [k for k in keys if key_id(k) == kid]
+        if not keys:
+            raise TokenRejected("signed with a key that is not (or no longer) accepted")
+    if not keys:
+        raise TokenRejected("no JWT secret is configured")
+    for i, key in enumerate(keys):
+        try:
+            claims = jwt.decode(token, key, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER,
+                                leeway=LEEWAY_S, options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+            break
+        except jwt.InvalidSignatureError:
+            if i == len(keys) - 1:
+                raise TokenRejected("bad signature") from None
+        except jwt.ExpiredSignatureError:
+            raise TokenRejected("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenRejected("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise TokenRejected(f"wrong audience (expected {AUDIENCE!r})") from None
+        except jwt.InvalidIssuerError:
+            raise TokenRejected(f"wrong issuer (expected {ISSUER!r})") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenRejected(f"token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidTokenError as exc:
+            raise TokenRejected(f"invalid token: {type(exc).__name__}") from None
+    tenant_id, subject = claims.get("tenant_id"), claims.get("sub")
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise TokenRejected("token names no tenant_id")
+    if not isinstance(subject, str) or not subject:
+        raise TokenRejected("token names no subject")
+    return Caller(tenant_id, subject, claims.get("scope") == SERVICE_SCOPE)
 
 
 def tenant_from_token(settings: Settings, token: str) -> str:
-    """The tenant a valid token names; jwt.InvalidTokenError otherwise."""
-    claims = jwt.decode(
-        token, settings.jwt_secret.get_secret_value(), algorithms=["HS256"], options={"require": ["exp"]}
-    )
-    tenant_id = claims.get("tenant_id")
-    if not isinstance(tenant_id, str) or not tenant_id:
-        raise jwt.InvalidTokenError("token names no tenant_id")
-    return tenant_id
+    """The tenant a valid token names; TokenRejected otherwise."""
+    return caller_from_token(settings, token).tenant_id
 
 
-def require_tenant(
+class EdgeLimits:
+    """The per-tenant buckets of one API process: writes (ingest) and reads (queries) apart."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ingest = TokenBucket(settings.ingest_rate_per_s, settings.ingest_burst)
+        self.query = TokenBucket(settings.query_rate_per_s, settings.query_burst)
+
+
+def edge_limits(request: Request) -> EdgeLimits:
+    """The app's edge buckets, made on first use."""
+    state = request.app.state
+    if getattr(state, "edge_limits", None) is None:
+        state.edge_limits = EdgeLimits(state.settings)
+    return state.edge_limits
+
+
+def require_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """FastAPI dependency: the caller's tenant, or 401. Settings come from app.state.settings."""
+) -> Caller:
+    """FastAPI dependency: the authenticated caller (401 otherwise), within its tenant's rate limit (429)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
-        return tenant_from_token(request.app.state.settings, credentials.credentials)
-    except jwt.InvalidTokenError as exc:
+        caller = caller_from_token(request.app.state.settings, credentials.credentials)
+    except TokenRejected as exc:
         raise HTTPException(401, f"invalid token: {exc}", headers={"WWW-Authenticate": "Bearer"}) from None
+    limits = edge_limits(request)
+    reads = request.method in ("GET", "HEAD")
+    bucket = limits.query if reads else limits.ingest
+    wait = bucket.take(caller.tenant_id, time.monotonic())
+    if wait is not None:
+        raise rate_limited(f"tenant {caller.tenant_id!r} ({'queries' if reads else 'ingest'})", wait)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(require_caller)]
+
+
+def require_tenant(caller: CallerDep) -> str:
+    """FastAPI dependency: the caller's tenant."""
+    return caller.tenant_id
 
 
 Tenant = Annotated[str, Depends(require_tenant)]

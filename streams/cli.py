@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from streams.settings import Settings, get_settings
+from streams.settings import InsecureSettings, Settings, get_settings, require_secure
 
 cli = typer.Typer(help="Baton: event-sourced orchestration for AI-agent products.", no_args_is_help=True)
 deadletter_cli = typer.Typer(help="Inspect the dead-letter topic.", no_args_is_help=True)
@@ -29,7 +29,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def connected_settings(database: bool = True) -> Settings:
+def connected_settings(database: bool = True, serving: bool = False) -> Settings:
     """Settings naming a broker (and database): the environment's, else those of a running `baton dev`."""
     settings = get_settings()
     runtime_file = settings.data_dir / "runtime.json"
@@ -42,6 +42,12 @@ def connected_settings(database: bool = True) -> Settings:
         needed = "KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL" if database else "KAFKA_BOOTSTRAP_SERVERS"
         err_console.print(f"[red]Set {needed}, or start `baton dev` first.[/red]")
         raise typer.Exit(2)
+    if serving:
+        try:
+            require_secure(settings)
+        except InsecureSettings as exc:
+            err_console.print(str(exc), style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
     return settings
 
 
@@ -78,6 +84,9 @@ def dev(
         table.add_row("Processes", str(settings.data_dir / "pids.json"))
         table.add_row(f"Dev token ({tenant})", token)
         console.print(table)
+        if settings.insecure_secrets():
+            console.print("Running with development secrets (public in the repository): fine on this machine, "
+                          "refused by every process outside development.", style="yellow")
         console.print(f'curl -H "Authorization: Bearer {token}" {runtime.api_url}/v1/conversations', soft_wrap=True)
         if demo:
             from streams.demo import run_demo
@@ -107,7 +116,7 @@ def worker() -> None:
     """Run the Faust worker (folds and effects) against KAFKA_BOOTSTRAP_SERVERS."""
     from streams.worker import run_worker
 
-    run_worker(connected_settings(database=False))
+    run_worker(connected_settings(database=False, serving=True))
 
 
 @cli.command()
@@ -115,7 +124,7 @@ def projector() -> None:
     """Run the projector: log → PostgreSQL read models."""
     from projections.projector import main as run_projector
 
-    run_projector(connected_settings())
+    run_projector(connected_settings(serving=True))
 
 
 @cli.command()
@@ -123,15 +132,17 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default BATON_API_P
     """Serve ingest, webhook and query API."""
     from streams.server import run_api
 
-    run_api(connected_settings(), port)
+    run_api(connected_settings(serving=True), port)
 
 
 @cli.command()
 def token(
     tenant: Annotated[str, typer.Option(help="Tenant id the token grants access to.")],
     ttl_days: Annotated[int, typer.Option(min=1, help="Days until the token expires.")] = 30,
+    subject: Annotated[str | None, typer.Option(help="The user the token speaks for (e.g. a learner).")] = None,
+    service: Annotated[bool, typer.Option(help="A service token (may act for a user with X-User-ID).")] = False,
 ) -> None:
-    """Print a bearer JWT for a tenant, signed with BATON_JWT_SECRET."""
+    """Print a bearer JWT for a tenant (and subject), signed with the first of BATON_JWT_SECRETS / BATON_JWT_SECRET."""
     from streams.auth import issue_token
 
     settings = get_settings()
@@ -139,7 +150,7 @@ def token(
     if tenants.get(tenant) is None:
         err_console.print(f"[red]Unknown tenant {tenant!r}; known: {', '.join(tenants.by_id)}[/red]")
         raise typer.Exit(2)
-    print(issue_token(settings, tenant, ttl_days * 24 * 3600))
+    print(issue_token(settings, tenant, ttl_days * 24 * 3600, subject=subject, service=service))
 
 
 @cli.command()

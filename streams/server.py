@@ -12,13 +12,14 @@ from projections.migrations import apply_migrations
 from streams.domains import load_domains, migration_sources
 from streams.ingest import ingest_router
 from streams.publisher import Publisher
-from streams.settings import Settings
+from streams.settings import Settings, require_secure
 from streams.tenants import load_tenants
 from streams.topics import ensure_topics
 
 
 def create_api(settings: Settings) -> FastAPI:
-    """The API app; broker and database connections open in its lifespan."""
+    """The API app; broker and database connections open in its lifespan. Refuses insecure production secrets."""
+    require_secure(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

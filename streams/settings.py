@@ -11,6 +11,28 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# Public development secrets: `baton dev` runs with them; every process outside development refuses them.
+DEV_JWT_SECRET = "baton-dev-secret-change-me-0123456789"
+DEV_WHATSAPP_APP_SECRET = "baton-dev-app-secret"
+DEV_WHATSAPP_VERIFY_TOKEN = "baton-dev-verify-token"
+MIN_SECRET_BYTES = 32
+GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+class InsecureSettings(RuntimeError):
+    """A production process was configured with a missing, public or short secret."""
+
+
+def require_secure(settings: Settings) -> None:
+    """Refuse to run outside development with public, missing or short secrets (InsecureSettings)."""
+    if settings.production and (problems := settings.insecure_secrets()):
+        raise InsecureSettings(
+            "refusing to start outside development (broker profile "
+            f"{settings.broker_profile!r}, BATON_ENV={settings.env}): " + "; ".join(problems)
+            + f". Generate each secret with: {GENERATE_SECRET}"
+        )
+
+
 class ModelPrice(BaseModel):
     """USD per million tokens of one model; cache reads and writes priced apart from plain input."""
 
@@ -54,9 +76,12 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1)
     topic_replication: int = Field(1, ge=1)
 
-    jwt_secret: SecretStr = SecretStr("baton-dev-secret-change-me-0123456789")
-    whatsapp_app_secret: SecretStr = SecretStr("baton-dev-app-secret")
-    whatsapp_verify_token: str = "baton-dev-verify-token"
+    env: Literal["development", "production"] = "development"
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    # Rotation: comma-separated; the first signs, any verifies (replaces jwt_secret when set).
+    jwt_secrets: SecretStr | None = None
+    whatsapp_app_secret: SecretStr = SecretStr(DEV_WHATSAPP_APP_SECRET)
+    whatsapp_verify_token: SecretStr = SecretStr(DEV_WHATSAPP_VERIFY_TOKEN)
     whatsapp_access_token: SecretStr | None = None
     whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
     whatsapp_timeout_s: float = Field(10.0, gt=0)
@@ -85,11 +110,48 @@ class Settings(BaseSettings):
     projector_batch_max: int = Field(2000, ge=1)
     projector_batch_within_s: float = Field(0.01, gt=0)
 
+    # Edge token buckets: per tenant on ingest (writes) and on queries (reads), per phone_number_id on the webhook.
+    ingest_rate_per_s: float = Field(1000.0, gt=0)
+    ingest_burst: int = Field(2000, ge=1)
+    query_rate_per_s: float = Field(200.0, gt=0)
+    query_burst: int = Field(400, ge=1)
+    webhook_rate_per_s: float = Field(1000.0, gt=0)
+    webhook_burst: int = Field(2000, ge=1)
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Path(".baton")
     worker_data_dir: Path | None = None
     log_level: str = "info"
+
+    @property
+    def production(self) -> bool:
+        """True outside development: any broker but the embedded one, or BATON_ENV=production."""
+        return self.env == "production" or not self.embedded
+
+    @property
+    def jwt_keys(self) -> list[str]:
+        """The JWT secrets, signing one first."""
+        if self.jwt_secrets is not None:
+            return [k.strip() for k in self.jwt_secrets.get_secret_value().split(",") if k.strip()]
+        return [self.jwt_secret.get_secret_value()]
+
+    def insecure_secrets(self) -> list[str]:
+        """What is wrong with the secrets for a production process, one line per variable."""
+        problems = []
+        named = [("BATON_JWT_SECRETS" if self.jwt_secrets is not None else "BATON_JWT_SECRET", key, DEV_JWT_SECRET)
+                 for key in self.jwt_keys or [""]]
+        named += [("BATON_WHATSAPP_APP_SECRET", self.whatsapp_app_secret.get_secret_value(), DEV_WHATSAPP_APP_SECRET),
+                  ("BATON_WHATSAPP_VERIFY_TOKEN", self.whatsapp_verify_token.get_secret_value(),
+                   DEV_WHATSAPP_VERIFY_TOKEN)]
+        for variable, value, default in named:
+            if not value:
+                problems.append(f"{variable} is not set")
+            elif value == default:
+                problems.append(f"{variable} is the public development default")
+            elif len(value.encode()) < MIN_SECRET_BYTES:
+                problems.append(f"{variable} is shorter than {MIN_SECRET_BYTES} bytes")
+        return list(dict.fromkeys(problems))
 
     @property
     def embedded(self) -> bool:

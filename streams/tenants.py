@@ -41,6 +41,8 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     phone_number_id: str
     display_phone_number: str | None = None
+    # The app secret of this tenant's Meta app, when it signs webhooks with its own (else the global one).
+    whatsapp_app_secret: str | None = None
     faq: tuple[FaqEntry, ...] = ()
     catalog: tuple[CatalogItem, ...] = ()
 
@@ -68,7 +70,7 @@ class Tenants:
         return self.by_id.get(tenant_id)
 
 
-_KEYS = ("name", "phone_number_id", "display_phone_number", "faq", "catalog")
+_KEYS = ("name", "phone_number_id", "display_phone_number", "whatsapp_app_secret", "faq", "catalog")
 
 
 def load_tenants(path: Path) -> Tenants:
@@ -108,7 +110,7 @@ def _tenant(where: str, base: Path, tenant_id: str, entry: object) -> Tenant:
     # A bare TOML integer is accepted: phone_number_ids are digits, and writing them unquoted is natural.
     if isinstance(phone_number_id, bool) or not isinstance(phone_number_id, str | int) or not str(phone_number_id):
         raise TenantsError(f"{here}: phone_number_id must be a non-empty string, got {phone_number_id!r}")
-    for key in ("name", "display_phone_number"):
+    for key in ("name", "display_phone_number", "whatsapp_app_secret"):
         if key in entry and not isinstance(entry[key], str):
             raise TenantsError(f"{here}: {key} must be a string, got {entry[key]!r}")
     return Tenant(
@@ -116,6 +118,7 @@ def _tenant(where: str, base: Path, tenant_id: str, entry: object) -> Tenant:
         name=entry.get("name", tenant_id),
         phone_number_id=str(phone_number_id),
         display_phone_number=entry.get("display_phone_number"),
+        whatsapp_app_secret=entry.get("whatsapp_app_secret"),
         faq=_load(here, base, entry, "faq", list[FaqEntry]),
         catalog=_load(here, base, entry, "catalog", list[CatalogItem]),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ from schemas.conversations import (
 )
 from schemas.errors import locate
 from streams.ingest import JsonBody, parse_json, publish
+from streams.ratelimit import TokenBucket, rate_limited
+from streams.settings import Settings
 from streams.tenants import Tenants
 
 SIGNATURE_PREFIX = "sha256="
@@ -306,6 +309,37 @@ def _convert(document: Any, kind: type, path: str) -> Any:
         raise WebhookError(locate(str(exc), path)) from None
 
 
+def _phone_number_ids(document: Any) -> list[str]:
+    """The business numbers an (unverified) delivery names, read leniently: normalize validates it later."""
+    numbers: list[str] = []
+    entries = document.get("entry") if isinstance(document, dict) else None
+    for entry in entries if isinstance(entries, list) else ():
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else ():
+            value = change.get("value") if isinstance(change, dict) else None
+            metadata = value.get("metadata") if isinstance(value, dict) else None
+            number = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+            if isinstance(number, str) and number not in numbers:
+                numbers.append(number)
+    return numbers
+
+
+def _app_secret(settings: Settings, tenants: Tenants, phone_number_id: str) -> str:
+    tenant = tenants.for_phone_number_id(phone_number_id)
+    if tenant is not None and tenant.whatsapp_app_secret:
+        return tenant.whatsapp_app_secret
+    return settings.whatsapp_app_secret.get_secret_value()
+
+
+def _within_webhook_limits(state: Any, numbers: list[str]) -> None:
+    """429 unless every business number of the delivery has a token left (taken only when all do)."""
+    if getattr(state, "webhook_limit", None) is None:
+        state.webhook_limit = TokenBucket(state.settings.webhook_rate_per_s, state.settings.webhook_burst)
+    wait = state.webhook_limit.take_all(numbers, time.monotonic())
+    if wait is not None:
+        raise rate_limited(f"phone_number_id {', '.join(numbers)}", wait)
+
+
 def webhook_router() -> APIRouter:
     """Meta's subscription handshake and signed deliveries at /v1/webhooks/whatsapp."""
     router = APIRouter(tags=["ingest"])
@@ -317,7 +351,7 @@ def webhook_router() -> APIRouter:
 async def verify_whatsapp(request: Request) -> PlainTextResponse:
     """Meta's subscription handshake: echo hub.challenge when hub.verify_token matches."""
     challenge = verify_subscription(
-        request.query_params, request.app.state.settings.whatsapp_verify_token
+        request.query_params, request.app.state.settings.whatsapp_verify_token.get_secret_value()
     )
     if challenge is None:
         raise HTTPException(403, "verification failed: needs hub.mode=subscribe, the configured "
@@ -332,14 +366,22 @@ async def receive_whatsapp(request: Request, body: JsonBody) -> dict[str, Any]:
     """
     state = request.app.state
     header = request.headers.get("x-hub-signature-256")
-    if not verify_signature(state.settings.whatsapp_app_secret.get_secret_value(), body, header):
+    document = parse_json(body)
+    numbers = _phone_number_ids(document)
+    secrets = {_app_secret(state.settings, state.tenants, number) for number in numbers}
+    if len(secrets) > 1:
+        raise HTTPException(401, "the delivery names business numbers of different Meta apps; "
+                                 "no single app secret can have signed it")
+    secret = secrets.pop() if secrets else state.settings.whatsapp_app_secret.get_secret_value()
+    if not verify_signature(secret, body, header):
         raise HTTPException(
             401, "missing X-Hub-Signature-256 header" if header is None
             else "X-Hub-Signature-256 does not match the body"
         )
     try:
-        normalized = normalize(parse_json(body), state.tenants, datetime.now(UTC))
+        normalized = normalize(document, state.tenants, datetime.now(UTC))
     except WebhookError as exc:
         raise HTTPException(422, str(exc)) from None
+    _within_webhook_limits(state, numbers)
     await publish(state.publisher, normalized.envelopes)
     return {"accepted": len(normalized.envelopes), "skipped": normalized.skipped}

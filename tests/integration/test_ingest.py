@@ -392,7 +392,7 @@ async def test_webhook_with_nothing_recordable_is_acknowledged(client: httpx.Asy
 
 
 async def test_webhook_handshake(client: httpx.AsyncClient, limited: Settings) -> None:
-    params = {"hub.mode": "subscribe", "hub.verify_token": limited.whatsapp_verify_token, "hub.challenge": "1158201444"}
+    params = {"hub.mode": "subscribe", "hub.verify_token": limited.whatsapp_verify_token.get_secret_value(), "hub.challenge": "1158201444"}
     ok = await client.get("/v1/webhooks/whatsapp", params=params)
     assert (ok.status_code, ok.text, ok.headers["content-type"]) == (200, "1158201444", "text/plain; charset=utf-8")
     refused = await client.get("/v1/webhooks/whatsapp", params={**params, "hub.verify_token": "guess"})

@@ -129,7 +129,7 @@ def test_faq_file_that_is_not_json_gives_the_position(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("toml", "problem"), [
     ('[tenants.acme]\nphone_number_id = "1"\nphone = "2"\nfaqs = "faq.json"\n',
      ("tenant 'acme' has unknown key 'faqs', 'phone' "
-      "(known: name, phone_number_id, display_phone_number, faq, catalog)")),
+      "(known: name, phone_number_id, display_phone_number, whatsapp_app_secret, faq, catalog)")),
     ('[tenant.acme]\nphone_number_id = "1"\n',
      "unknown top-level key 'tenant'; declare tenants as [tenants.<id>] tables"),
     ('tenants = ["acme"]\n', "`tenants` must be a table of [tenants.<id>] tables"),
