@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
 
 from agents.classifier import Classifier
+from agents.llm import Completion, Usage, cost_event
 from agents.responders import (
     answer_commerce,
     answer_info,
@@ -36,7 +38,7 @@ REPLY_REQUESTED = "conversation.reply.requested"
 EFFECT_TYPES: frozenset[str] = frozenset({ROUTING_REQUESTED, REPLY_REQUESTED})
 
 # Emission indexes are fixed per kind, so a re-run derives the same event ids.
-ROUTED, TICKET, REPLY = 0, 1, 2
+ROUTED, TICKET, REPLY, COST = 0, 1, 2, 3
 RESULT = 0
 
 
@@ -83,6 +85,7 @@ class Effects:
                                   reason="outcome unknown: the worker stopped during the send; not retried")]
 
     async def _route(self, envelope: Envelope, request: RoutingRequested) -> list[Envelope]:
+        started = time.perf_counter()
         routed = await self._decide(request)
         now = self.clock()
         events = [emitted(envelope, ROUTED, routed, actor=self.router_actor, occurred_at=now)]
@@ -101,6 +104,14 @@ class Effects:
         reply = ReplyRequested(session_id=request.session_id, contact=request.contact,
                                in_reply_to=request.message_event_id, lane=routed.lane, text=text)
         events.append(emitted(envelope, REPLY, reply, actor=self.router_actor, occurred_at=now))
+        if self.classifier is not None:  # every model call, answered or not, goes to the cost ledger
+            completion = None if routed.method != "llm" else Completion(
+                text=routed.lane, model=routed.model or "", cost_usd=routed.cost_usd or 0.0,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                usage=Usage(input_tokens=routed.input_tokens or 0, output_tokens=routed.output_tokens or 0))
+            events.append(cost_event(envelope, COST, completion, domain="conversations", purpose="routing",
+                                     model=getattr(self.classifier, "model", None), error=routed.fallback_reason,
+                                     occurred_at=now))
         return events
 
     async def _decide(self, request: RoutingRequested) -> MessageRouted:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import psycopg
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
@@ -21,6 +22,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from projections.projector import assigned_consumer
 from schemas import Envelope, decode, new_event
 from schemas.conversations import ReplyRequested
+from streams.auth import issue_token
 from streams.domains import load_domains
 from streams.embedded import free_port
 from streams.publisher import Publisher
@@ -288,6 +290,14 @@ def test_llm_routing_and_whatsapp_sends_are_recorded(settings: Settings, fake: F
                    "two replies sent")
         with psycopg.connect(runtime.settings.database_url) as conn:
             routed = conn.execute("SELECT payload FROM events WHERE type = 'conversation.message.routed'").fetchall()
+        # Both calls are on the shared cost ledger, summed by the costs projection.
+        token = issue_token(runtime.settings, "acme")
+        with httpx.Client(base_url=runtime.api_url, headers={"Authorization": f"Bearer {token}"}) as api:
+            report = eventually(lambda: (r := api.get("/v1/costs", params={"group_by": "domain"}).json())["groups"]
+                                and r, "the routing calls on the cost ledger")
+    (group,) = report["groups"]
+    assert (group["key"], group["calls"], group["input_tokens"], group["output_tokens"]) == ("conversations", 2, 240, 4)
+    assert report["total_usd"] == pytest.approx(2 * (120 * 1.0 + 2 * 5.0) / 1_000_000)
     assert len(routed) == 2
     for (payload,) in routed:
         assert (payload["lane"], payload["method"], payload["model"]) == ("support", "llm", "claude-haiku-4-5")

@@ -78,8 +78,12 @@ async def test_rules_route_an_info_question_and_answer_from_the_faq():
 
 async def test_failing_classifier_falls_back_to_rules_with_the_reason():
     _, request = routing_request("¿Cuánto cuesta el café en grano?")
-    routed, reply = await effects(FailingClassifier()).run(request)
+    routed, reply, cost = await effects(FailingClassifier()).run(request)
     assert (routed.payload.method, routed.payload.lane) == ("rules", "commerce")
+    # The failed call is on the cost ledger too, with its error and no tokens.
+    assert cost.type == "llm.call.recorded" and cost.stream_id.startswith("costs:")
+    assert (cost.payload.error, cost.payload.input_tokens, cost.payload.purpose) == (
+        "anthropic 529: Overloaded", 0, "routing")
     assert routed.payload.fallback_reason == "anthropic 529: Overloaded"
     assert routed.payload.cost_usd == 0 and routed.payload.input_tokens == 0
     assert reply.payload.text == "Café en grano 1 kg: 18,90 EUR, disponible (42 en stock)."
@@ -87,10 +91,14 @@ async def test_failing_classifier_falls_back_to_rules_with_the_reason():
 
 async def test_classifier_lane_and_cost_are_recorded():
     _, request = routing_request("me gustaría saber si os queda matcha")
-    routed, reply = await effects(FixedClassifier("commerce")).run(request)
+    routed, reply, cost = await effects(FixedClassifier("commerce")).run(request)
     p = routed.payload
     assert (p.method, p.lane, p.model, p.input_tokens, p.output_tokens, p.cost_usd) == (
         "llm", "commerce", "claude-haiku-4-5-20251001", 130, 1, 0.000135)
+    c = cost.payload
+    assert (c.domain, c.model, c.input_tokens, c.output_tokens, c.cost_usd, c.error) == (
+        "conversations", "claude-haiku-4-5-20251001", 130, 1, 0.000135, None)
+    assert cost.event_id == derived_event_id(request.event_id, 3)
     assert reply.payload.text == "Té verde matcha 100 g: 12,00 EUR, disponible (7 en stock)."
 
 
