@@ -102,6 +102,8 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
 def test_dev_restarts_a_killed_worker_and_its_children_die_with_it(dev: Dev) -> None:
     before = dev.children()
     assert dev.healthy()
+    # With no settings, `baton dev` runs on the public development secrets and says so, once.
+    assert dev.output().count("Running with development secrets") == 1
 
     os.kill(before["worker"], signal.SIGKILL)
     restarted = eventually(lambda: (pid := dev.children().get("worker")) not in (None, before["worker"]) and pid,
