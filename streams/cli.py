@@ -167,6 +167,47 @@ def replay(verify: Annotated[bool, typer.Option(help="Diff the rebuild against t
         raise typer.Exit(1)
 
 
+@cli.command()
+def trace(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="Event id, correlation id, WhatsApp message id, task code, execution id, ...")],
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's events.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most events shown.")] = 500,
+) -> None:
+    """Show the causal chain around an id across every domain, each hop with its time and the gap to the previous."""
+    import psycopg
+
+    from projections.views.trace import trace as find_trace
+
+    settings = connected_settings()
+
+    async def run():
+        async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+            return await find_trace(conn, tenant, ident, limit)
+
+    found = asyncio.run(run())
+    if not found.hops:
+        err_console.print(f"No event names {ident!r}.", style="red", markup=False)
+        raise typer.Exit(1)
+    table = Table("time (UTC)", "+gap", "event", "stream", "actor", "detail", title=f"Trace of {ident}")
+    for hop in found.hops:
+        gap = "" if hop.gap_ms is None else _duration(hop.gap_ms)
+        table.add_row(hop.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], gap, "  " * hop.depth + hop.type,
+                      hop.stream_id, hop.actor, hop.summary or "")
+    console.print(table)
+    if found.truncated:
+        console.print(f"Only the first {limit} events are shown (--limit).", style="yellow")
+
+
+def _duration(ms: float) -> str:
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f} s"
+    if ms < 7_200_000:
+        return f"{ms / 60_000:.1f} min"
+    return f"{ms / 3_600_000:.1f} h"
+
+
 @deadletter_cli.command("list")
 def deadletter_list(limit: Annotated[int, typer.Option(min=1, help="Most recent N.")] = 50) -> None:
     """Show dead-lettered records with their reasons."""

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
+from projections.api.trace import trace_router
 from projections.migrations import apply_migrations
 from streams.domains import load_domains, migration_sources
 from streams.ingest import ingest_router
@@ -41,6 +42,7 @@ def create_api(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.tenants = load_tenants(settings.tenants_file)
     app.include_router(ingest_router())
+    app.include_router(trace_router())
     for domain in load_domains(settings):
         for router in domain.routers():
             app.include_router(router)
