@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from agents.batching import Record, fold_batch
 from schemas import DecodeError, Envelope, decode, encode, registration
 from streams.app import domain_topic, raw_table
+from streams import metrics
 from streams.deadletter import dead_letter_record
 from streams.domains import Domain
 from streams.publisher import producer_options
@@ -55,6 +56,7 @@ class _Log:
         await asyncio.gather(*futures)
 
     async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        metrics.observe_llm_calls(envelopes)
         by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
         for envelope in envelopes:
             topic = self.settings.topic(registration(envelope.type).domain)
@@ -62,6 +64,7 @@ class _Log:
         await asyncio.gather(*(self.send_all(topic, records) for topic, records in by_topic.items()))
 
     async def dead_letter(self, dead: Sequence[tuple[Record, str]], stage: str) -> None:
+        metrics.observe_dead_letters(stage, (reason for _, reason in dead))
         await self.send_all(self.settings.deadletter_topic, (
             (record.key, dead_letter_record(
                 source_topic=record.topic, partition=record.partition, offset=record.offset,
@@ -139,6 +142,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
                     unwritten[key] = (partitions.get(key.encode(), -1), state)
                 else:
                     write(key, state)  # a state the batch ends (a session's last) goes to the changelog as is
+            metrics.FOLDED.labels(domain.name).inc(len(events))
             if on_fold is not None:
                 on_fold(len(events))
 
@@ -161,6 +165,10 @@ def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic:
             if requests:
                 await run_effects(list(requests.values()))
 
+    async def timed(envelope: Envelope) -> list[Envelope]:
+        with metrics.EFFECT_SECONDS.labels(domain.name, envelope.type).time():
+            return await effects.run(envelope)
+
     async def run_effects(requests: list[tuple[Record, Envelope]]) -> None:
         started: dict[str, list[str]] = {}
         todo: list[tuple[Record, Envelope]] = []
@@ -174,6 +182,7 @@ def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic:
                     # Started before a crash or redelivered: never run again. The result carries the same
                     # event id as the original outcome, so whichever reached the log first wins.
                     outputs.extend(effects.unknown_outcome(envelope))
+                    metrics.EFFECTS.labels(domain.name, envelope.type, "unknown").inc()
                     continue
                 started[key].append(envelope.event_id.hex)
             todo.append((record, envelope))
@@ -182,13 +191,15 @@ def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic:
             for key, ids in started.items():
                 ledger[key.encode()] = msgspec.json.encode(ids[-LEDGER_SIZE:])
             await app.producer.flush()
-        results = await asyncio.gather(*(effects.run(env) for _, env in todo), return_exceptions=True)
+        results = await asyncio.gather(*(timed(env) for _, env in todo), return_exceptions=True)
         failed: list[tuple[Record, str]] = []
-        for (record, _), result in zip(todo, results, strict=True):
+        for (record, envelope), result in zip(todo, results, strict=True):
             if isinstance(result, BaseException):
                 failed.append((record, f"effect: {type(result).__name__}: {result}"))
             else:
                 outputs.extend(result)
+            metrics.EFFECTS.labels(domain.name, envelope.type,
+                                   "error" if isinstance(result, BaseException) else "ok").inc()
         await log.publish(outputs)
         await log.dead_letter(failed, f"effects:{domain.name}")
 

@@ -18,8 +18,10 @@ from projections import ProjectionError
 from projections.migrations import apply_migrations
 from projections.writers import ReadModel, write_rows
 from projections.writers.events import event_row, write_events
+from streams import metrics
 from streams.deadletter import dead_letter_record
 from streams.domains import Domain, domain_of_topic, load_domains, migration_sources
+from streams.liveness import Heartbeat
 from streams.publisher import producer_options
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
@@ -127,13 +129,19 @@ async def run_projector(settings: Settings, stop: asyncio.Event | None = None, o
             if fresh:
                 await consumer.seek_to_beginning(*fresh)
             log.info("projecting %d partitions, %d from stored offsets", len(consumer.assignment()), len(stored))
+            heartbeat = Heartbeat("projector")
             while not stop.is_set():
                 batch = await consumer.getmany(
                     timeout_ms=int(settings.projector_batch_within_s * 1000), max_records=settings.projector_batch_max
                 )
+                heartbeat.beat()
                 if not batch:
                     continue
-                report = await _project(conn, producer, settings, batch, changelogs)
+                with metrics.PROJECTOR_BATCH_SECONDS.time():
+                    report = await _project(conn, producer, settings, batch, changelogs)
+                metrics.PROJECTED.inc(report.records)
+                metrics.set_lag("projector", {(tp.topic, tp.partition): hw - await consumer.position(tp)
+                                              for tp in batch if (hw := consumer.highwater(tp)) is not None})
                 if on_batch is not None and inspect.isawaitable(result := on_batch(report)):
                     await result
         finally:
@@ -162,6 +170,7 @@ async def _project(
             except (RecordError, BadRecord) as exc:
                 dead.append((record, str(exc)))
     if dead:
+        metrics.observe_dead_letters(STAGE, (reason for _, reason in dead))
         # Dead letters are acknowledged before the offsets that skip their records are committed.
         futures = [
             await producer.send(settings.deadletter_topic, key=record.key, value=dead_letter_record(
@@ -196,4 +205,5 @@ def main(settings: Settings) -> None:
         await run_projector(settings, stop)
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    metrics.serve(settings.metrics_port)
     asyncio.run(until_signalled())

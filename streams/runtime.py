@@ -64,6 +64,7 @@ class Runtime:
     broker: EmbeddedBroker | None = None
     postgres: EmbeddedPostgres | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     clock: Callable[[], float] = field(default_factory=lambda: time.monotonic)
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
@@ -132,6 +133,9 @@ class Runtime:
         if role.startswith("worker-"):
             # Each worker of a group keeps its own Faust data directory (needs the worker_data_dir setting).
             env["BATON_WORKER_DATA_DIR"] = str(self.settings.data_dir / role)
+        if role != "api":  # each worker and the projector serve /metrics on a port of their own
+            self.metrics_ports.setdefault(role, free_port())
+            env["BATON_METRICS_PORT"] = str(self.metrics_ports[role])
         with open(self.log_path(role), "ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", command],
@@ -257,6 +261,9 @@ class Runtime:
             "BATON_API_PORT": str(self.settings.api_port),
         })
         _write_json(self.settings.data_dir / "pids.json", self.pids())
+        _write_json(self.settings.data_dir / "metrics.json", {
+            role: f"http://127.0.0.1:{port}/metrics" for role, port in self.metrics_ports.items()
+        } | {"api": f"{self.api_url}/metrics"})
 
     def stop(self) -> None:
         """Stop roles (SIGTERM, SIGKILL after stop_grace_s), then the embedded services; within 10 s."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from psycopg_pool import AsyncConnectionPool
 
 from projections.api.trace import trace_router
 from projections.migrations import apply_migrations
 from streams.domains import load_domains, migration_sources
 from streams.ingest import ingest_router
+from streams.metrics import EdgeMetrics, exposition
 from streams.publisher import Publisher
 from streams.settings import Settings, require_secure
 from streams.tenants import load_tenants
@@ -46,6 +47,13 @@ def create_api(settings: Settings) -> FastAPI:
     for domain in load_domains(settings):
         for router in domain.routers():
             app.include_router(router)
+
+    app.add_middleware(EdgeMetrics)
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

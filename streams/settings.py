@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     webhook_rate_per_s: float = Field(1000.0, gt=0)
     webhook_burst: int = Field(2000, ge=1)
 
+    # The worker's or projector's own /metrics port (the API serves /metrics on its port); 0 serves none.
+    metrics_port: int = Field(9100, ge=0, le=65535)
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Path(".baton")

@@ -12,8 +12,10 @@ import faust
 from faust.worker import Worker
 
 from agents.streaming import register_domain
+from streams import metrics
 from streams.app import create_app
 from streams.domains import load_domains
+from streams.liveness import beat_on_timer
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -26,6 +28,21 @@ def build_worker_app(settings: Settings) -> faust.App:
         if domain.agents is not None:
             domain.agents(app, settings)
     return app
+
+
+def report_lag(app: faust.App, interval_s: float = 5.0) -> None:
+    """Export the lag of every assigned partition: fetch high watermark (exact, also on Tansu) - committed."""
+
+    @app.timer(interval_s)
+    async def consumer_lag() -> None:
+        committed = getattr(app.consumer, "_committed_offset", {})
+        lags = {}
+        for tp in app.consumer.assignment():
+            highwater = app.consumer.highwater(tp)
+            if highwater is not None:
+                done = committed.get(tp)  # Faust keeps the last committed record's offset
+                lags[(tp.topic, tp.partition)] = highwater - (done + 1 if done is not None else 0)
+        metrics.set_lag("worker", lags)
 
 
 def tune_gc(app: faust.App) -> None:
@@ -64,4 +81,7 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_worker_app(settings)
     tune_gc(app)
+    report_lag(app)
+    metrics.serve(settings.metrics_port)
+    beat_on_timer(app, "worker")
     _Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()
