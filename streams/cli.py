@@ -168,6 +168,53 @@ def replay(verify: Annotated[bool, typer.Option(help="Diff the rebuild against t
 
 
 @cli.command()
+def status(
+    watch: Annotated[bool, typer.Option(help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between refreshes with --watch.")] = 2.0,
+    max_lag: Annotated[int, typer.Option(min=0, help="Lag (records) above which the exit code is 1.")] = 1000,
+) -> None:
+    """Each role's health, lag per domain, dead letters and the last event per domain; exit 1 when unhealthy."""
+    from rich.live import Live
+
+    from streams.status import collect_status
+
+    settings = connected_settings()
+
+    def render():
+        found = asyncio.run(collect_status(settings))
+        roles = Table("role", "state", "detail", title="Roles")
+        for role in found.roles:
+            roles.add_row(role.role, "[green]up[/green]" if role.up else "[red]down[/red]", role.detail)
+        domains = Table("domain", "records", "worker lag", "projector lag", "last event (UTC)", title="Domains")
+        for d in found.domains:
+            domains.add_row(d.domain, str(d.records), _lag(d.worker_lag, max_lag), _lag(d.projector_lag, max_lag),
+                            d.last_event_at.strftime("%Y-%m-%d %H:%M:%S") if d.last_event_at else "-")
+        grid = Table.grid()
+        grid.add_row(roles)
+        grid.add_row(domains)
+        grid.add_row(f"Dead letters: {found.dead_letters}" + ("  (baton deadletter list)" if found.dead_letters else ""))
+        problems = found.problems(max_lag)
+        grid.add_row("[green]healthy[/green]" if not problems else "[red]" + "; ".join(problems) + "[/red]")
+        return grid, problems
+
+    if not watch:
+        view, problems = render()
+        console.print(view)
+        raise typer.Exit(1 if problems else 0)
+    try:
+        with Live(render()[0], console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render()[0], refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def _lag(lag: int, max_lag: int) -> str:
+    return f"[red]{lag}[/red]" if lag > max_lag else str(lag)
+
+
+@cli.command()
 def trace(
     ident: Annotated[str, typer.Argument(metavar="ID", help="Event id, correlation id, WhatsApp message id, task code, execution id, ...")],
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's events.")] = None,
