@@ -267,6 +267,33 @@ def deadletter_list(limit: Annotated[int, typer.Option(min=1, help="Most recent 
     console.print(table if letters else "No dead letters.")
 
 
+@deadletter_cli.command("redrive")
+def deadletter_redrive(
+    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", help="Letters as `topic[partition]:offset` (see list).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every listed letter (up to --limit per partition).")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Most recent N per partition considered.")] = 1000,
+) -> None:
+    """Publish dead-lettered records again to their source topic, once they hold a valid event; others stay."""
+    from streams.deadletter import letter_id, list_dead_letters, redrive
+
+    if not ids and not every:
+        err_console.print("Name the letters to re-drive (topic[partition]:offset), or pass --all.", style="red")
+        raise typer.Exit(2)
+    settings = connected_settings(database=False)
+    letters = asyncio.run(list_dead_letters(settings, limit))
+    wanted = {letter_id(letter): letter for letter in letters}
+    if unknown := [i for i in ids or () if i not in wanted]:
+        err_console.print(f"No dead letter {', '.join(unknown)}.", style="red", markup=False)
+        raise typer.Exit(2)
+    chosen = list(wanted.values()) if every else [wanted[i] for i in dict.fromkeys(ids or ())]
+    report = asyncio.run(redrive(settings, chosen))
+    for redriven in report.redriven:
+        console.print(f"re-driven {redriven}", markup=False)
+    for refused, why in report.refused:
+        err_console.print(f"refused {refused}: {why}", style="yellow", markup=False)
+    raise typer.Exit(1 if report.refused else 0)
+
+
 def _tenants(settings: Settings):
     from streams.tenants import load_tenants
 
