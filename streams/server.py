@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Response
 from psycopg_pool import AsyncConnectionPool
 
+from projections.api.console import mount_console
+from projections.api.ops import ops_router
 from projections.api.trace import trace_router
 from projections.migrations import apply_migrations
 from streams.domains import load_domains, migration_sources
@@ -44,9 +46,12 @@ def create_api(settings: Settings) -> FastAPI:
     app.state.tenants = load_tenants(settings.tenants_file)
     app.include_router(ingest_router())
     app.include_router(trace_router())
-    for domain in load_domains(settings):
+    app.include_router(ops_router())
+    domains = load_domains(settings)
+    for domain in domains:
         for router in domain.routers():
             app.include_router(router)
+    mount_console(app, domains)
 
     app.add_middleware(EdgeMetrics)
 

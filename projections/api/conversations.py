@@ -12,8 +12,10 @@ from projections.views.conversations import (
     Conversation,
     ConversationPage,
     ConversationStats,
+    DailyLaneCount,
     Lane,
     conversation_stats,
+    daily_lanes,
     get_conversation,
     list_conversations,
 )
@@ -54,5 +56,11 @@ def query_router() -> APIRouter:
     async def stats(tenant: Tenant, pool: Pool) -> ConversationStats:
         """Lane distribution, orchestrated replies, reply success rate and duplicates dropped."""
         return await conversation_stats(pool, tenant)
+
+    @router.get("/v1/stats/conversations/daily", response_model=list[DailyLaneCount],
+                summary="Messages per day by lane")
+    async def daily(tenant: Tenant, pool: Pool, days: Annotated[int, Query(ge=1, le=366)] = 30) -> list[DailyLaneCount]:
+        """Routed messages per UTC day and lane, over the last `days` days up to the newest routing."""
+        return await daily_lanes(pool, tenant, days)
 
     return router

@@ -23,10 +23,13 @@ def costs_router() -> APIRouter:
         group_by: Annotated[GroupBy, Query(description="Sum per day, domain, model, agent or user.")] = "day",
         since: Annotated[date | None, Query(description="First UTC day included.")] = None,
         until: Annotated[date | None, Query(description="Last UTC day included.")] = None,
+        split_by: Annotated[GroupBy | None, Query(description="Split each group again (e.g. day by model).")] = None,
     ) -> CostReport:
         """Calls, tokens (cache reads and writes apart) and USD of every LLM call Baton made."""
         if since and until and since > until:
             raise HTTPException(422, "since: must not be after until")
-        return await cost_report(pool, tenant, group_by, since, until)
+        if split_by == group_by:
+            raise HTTPException(422, "split_by: must differ from group_by")
+        return await cost_report(pool, tenant, group_by, since, until, split_by)
 
     return router

@@ -193,3 +193,24 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         return msgspec.json.decode(raw, type=tuple[datetime, str])
     except (ValueError, msgspec.DecodeError):
         raise InvalidCursor(f"invalid cursor {cursor!r}") from None
+
+
+class DailyLaneCount(BaseModel):
+    """Messages routed to one lane on one UTC day."""
+
+    day: str
+    lane: Lane
+    messages: int
+
+
+async def daily_lanes(source: Source, tenant_id: str, days: int = 30) -> list[DailyLaneCount]:
+    """Routed messages per UTC day (of the message) and lane over the last `days` days of event time."""
+    async with connection(source) as conn:
+        cur = await conn.execute(
+            "WITH routed AS (SELECT m.occurred_at, r.payload->>'lane' AS lane FROM events r"
+            "  JOIN events m ON m.event_id = (r.payload->>'message_event_id')::uuid"
+            "  WHERE r.tenant_id = %s AND r.type = 'conversation.message.routed')"
+            " SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), lane, count(*) FROM routed"
+            " WHERE occurred_at >= (SELECT max(occurred_at) FROM routed) - make_interval(days => %s)"
+            " GROUP BY 1, 2 ORDER BY 1, 2", (tenant_id, days))
+        return [DailyLaneCount(day=d, lane=lane, messages=n) for d, lane, n in await cur.fetchall()]

@@ -73,6 +73,8 @@ class Domain:
     agents: Callable[[faust.App, Settings], None] | None = None
     # Adds the domain's commands (or command groups) to the `baton` CLI.
     commands: Callable[[typer.Typer], None] | None = None
+    # The domain's page of the web console: an ES module exporting `{title, render(root, console)}`.
+    console_page: Path | None = None
 
     def rows_of(self, state: Any) -> list[tuple[ReadModel, tuple]]:
         """Each read model's rows for one state, as the projector and replay write them."""

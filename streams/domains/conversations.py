@@ -27,4 +27,5 @@ DOMAIN = Domain(
     migrations=CORE.parent / "conversations",
     routers=_routers,
     effects=build_effects,
+    console_page=CORE.parent.parent / "console" / "pages" / "conversations.js",
 )

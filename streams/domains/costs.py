@@ -25,4 +25,5 @@ DOMAIN = Domain(
     read_models=(LLM_COSTS,),
     migrations=CORE.parent / "costs",
     routers=_routers,
+    console_page=CORE.parent.parent / "console" / "pages" / "costs.js",
 )

@@ -1,0 +1,133 @@
+"""The web console in a real browser (headless Chromium): sign in, conversations as a chat, charts, trace, system."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as until
+from selenium.webdriver.support.ui import WebDriverWait
+
+from streams.auth import issue_token
+from streams.runtime import Runtime
+from streams.settings import Settings
+from tests.fake_anthropic import FakeAnthropic
+from tests.integration.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def console_runtime(settings: Settings) -> Iterator[Runtime]:
+    """A runtime whose router asks a local Anthropic fake, so the cost pages have calls to show."""
+    with FakeAnthropic(reply="info") as fake:
+        configured = settings.model_copy(update={"api_port": 0, "anthropic_api_key": SecretStr("sk-test"),
+                                                 "anthropic_base_url": fake.base_url})
+        with Runtime(configured).start() as runtime:
+            yield runtime
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail("chromium and chromedriver are needed (.ci/run installs Debian's chromium and chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def inbound(n: int, text: str) -> dict:
+    # One session (two minutes apart) spread over two UTC days, so the chart has two bars.
+    at = ("2026-12-01T23:59:00Z", "2026-12-02T00:01:00Z")[n]
+    return {"type": "conversation.message.received", "occurred_at": at,
+            "source_id": f"console-{n}", "payload": {"contact": "34644000001", "contact_name": "Ana",
+                                                     "whatsapp_message_id": f"wamid.console.{n}",
+                                                     "message_type": "text", "text": text}}
+
+
+def test_console_shows_conversations_costs_trace_and_system_pages(console_runtime: Runtime, browser) -> None:
+    settings = console_runtime.settings
+    service = issue_token(settings, "acme", service=True)
+    headers = {"Authorization": f"Bearer {service}"}
+    with httpx.Client(base_url=console_runtime.api_url, headers=headers, timeout=10) as api:
+        events = [inbound(0, "¿Abrís el domingo?"), inbound(1, "¿Hacéis envíos?")]
+        assert api.post("/v1/events", json={"events": events}).status_code == 202
+        eventually(lambda: (r := api.get("/v1/conversations/34644000001")).status_code == 200
+                   and r.json()["replies_sent"] == 2, "both messages answered")
+        eventually(lambda: api.get("/v1/costs").json()["groups"], "routing calls on the cost ledger")
+    asyncio.run(_produce_undecodable(settings))
+
+    wait = WebDriverWait(browser, 20)
+    browser.get(f"{console_runtime.api_url}/console")
+    wait.until(until.visibility_of_element_located((By.ID, "token"))).send_keys(service)
+    browser.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+    wait.until(until.text_to_be_present_in_element((By.ID, "who"), "acme (service)"))
+    nav = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#nav a")]
+    assert nav == ["Conversations", "Costs", "Trace", "System"]
+
+    # Conversations: the contact listed, messages per day by lane drawn as bars, then the chat.
+    row = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, "#page tr.link")))
+    assert "Ana (34644000001)" in row.text
+    bars = browser.find_elements(By.CSS_SELECTOR, "#lanes-per-day rect")
+    assert sorted((b.get_attribute("data-category"), b.get_attribute("data-series")) for b in bars) == [
+        ("2026-12-01", "info"), ("2026-12-02", "info")]
+    row.click()
+    wait.until(until.presence_of_element_located((By.CSS_SELECTOR, ".bubble.agent")))
+    bubbles = browser.find_elements(By.CSS_SELECTOR, ".bubble")
+    roles = [b.get_attribute("class").split()[1] for b in bubbles]
+    assert roles[0] == "contact" and sorted(roles) == ["agent", "agent", "contact", "contact"]
+    assert "¿Abrís el domingo?" in bubbles[0].text
+    replies = [b.text for b in bubbles if "agent" in b.get_attribute("class")]
+    assert all("sent" in text and "info" in text for text in replies)
+
+    # Trace from a chat bubble: the message's chain, hop by hop.
+    bubbles[0].find_element(By.LINK_TEXT, "trace").click()
+    wait.until(until.presence_of_element_located((By.CSS_SELECTOR, ".timeline li")))
+    hops = [li.get_attribute("data-type") for li in browser.find_elements(By.CSS_SELECTOR, ".timeline li")]
+    assert hops[0] == "conversation.message.received" and "conversation.reply.sent" in hops
+
+    # Costs: a bar per day and model, totals per domain.
+    browser.get(f"{console_runtime.api_url}/console#/costs")
+    wait.until(until.presence_of_element_located((By.CSS_SELECTOR, "#cost-per-day rect")))
+    assert "conversations" in browser.find_element(By.ID, "page").text
+
+    # System: roles up, the dead letter listed with its reason, re-drive refused because it still does not decode.
+    browser.get(f"{console_runtime.api_url}/console#/system")
+    button = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, "button[data-letter]")))
+    page = browser.find_element(By.ID, "page").text
+    assert "worker" in page and "projector" in page and "decode: invalid envelope" in page
+    button.click()
+    wait.until(until.text_to_be_present_in_element((By.ID, "redrive-result"), "refused"))
+
+    # A tenant token sees its pages but not the system's.
+    browser.execute_script("localStorage.setItem('baton.console.token', arguments[0])", issue_token(settings, "acme"))
+    browser.refresh()
+    wait.until(until.text_to_be_present_in_element((By.ID, "page"), "need a service token"))
+    assert browser.find_element(By.ID, "who").text == "acme"
+
+
+async def _produce_undecodable(settings: Settings) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic("conversations"), key=b"conversation:acme:x",
+                                     value=json.dumps({"type": "conversation.bogus"}).encode())
+    finally:
+        await producer.stop()
