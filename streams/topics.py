@@ -28,8 +28,21 @@ def all_topics(settings: Settings) -> list[str]:
     )
 
 
+# The log is the source of truth (replay, table recovery): domain and dead-letter topics keep every record;
+# changelogs keep the last state per key.
+KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    """Per-topic configuration set at creation on Apache Kafka (the embedded broker keeps everything anyway)."""
+    if settings.embedded:
+        return {}
+    return COMPACTED if name.endswith("-changelog") else KEEP_FOREVER
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
-    """Create every topic with the configured partitions; existing ones are left as they are."""
+    """Create every topic with the configured partitions and retention; existing ones are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
@@ -37,7 +50,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
         partitions = {settings.deadletter_topic: 1}
         response = await admin.create_topics(
             [
-                NewTopic(name, partitions.get(name, settings.topic_partitions), settings.topic_replication)
+                NewTopic(name, partitions.get(name, settings.topic_partitions), settings.topic_replication,
+                         topic_configs=topic_configs(settings, name))
                 for name in names
             ]
         )

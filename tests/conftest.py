@@ -1,27 +1,74 @@
-"""Shared fixtures: the embedded broker and PostgreSQL (or the real ones named by the environment)."""
+"""Shared fixtures: the broker and PostgreSQL the environment names, else Docker's (testcontainers), else embedded."""
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from secrets import token_urlsafe
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import SecretStr
 
 from streams.embedded import EmbeddedBroker, EmbeddedPostgres
 from streams.settings import Settings
+from tests.backends import KAFKA_IMAGE, POSTGRES_IMAGE, Backends, choose
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _docker_unavailable() -> str | None:
+    """Why testcontainers cannot reach a Docker engine, or None when it can."""
+    try:
+        from docker.errors import DockerException
+        from testcontainers.core.docker_client import DockerClient
+    except ImportError as exc:
+        return f"{exc.name} is not installed"
+    try:
+        DockerClient(timeout=5).client.ping()
+    except DockerException as exc:
+        return f"no Docker engine reachable: {exc}"
+    return None
+
+
+@functools.cache
+def backends() -> Backends:
+    """The backends of this test session, chosen once (tests.backends)."""
+    return choose(os.environ, _docker_unavailable)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Say which backends and broker profile the selected integration tests run on (shown with -q too)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and any(item.get_closest_marker("integration") for item in session.items):
+        reporter.write_line(backends().describe())
+
+
 @pytest.fixture(scope="session")
 def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Kafka-protocol broker: KAFKA_BOOTSTRAP_SERVERS when set, else an embedded Tansu."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+    """A Kafka-protocol broker: KAFKA_BOOTSTRAP_SERVERS, else Apache Kafka in Docker, else an embedded Tansu."""
+    source = backends().broker
+    if source == "environment":
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    if source == "testcontainers":
+        from testcontainers.community.kafka import KafkaContainer
+
+        kafka = (
+            KafkaContainer(KAFKA_IMAGE).with_kraft()
+            .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+            .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+            .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        )
+        kafka.start(timeout=120)
+        try:
+            yield kafka.get_bootstrap_server()
+        finally:
+            kafka.stop()
         return
     broker = EmbeddedBroker().start(tmp_path_factory.mktemp("tansu") / "tansu.log")
     try:
@@ -32,9 +79,16 @@ def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 @pytest.fixture(scope="session")
 def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A PostgreSQL server: DATABASE_URL when set, else an embedded one in a temp directory."""
-    if os.environ.get("DATABASE_URL"):
+    """A PostgreSQL server: DATABASE_URL, else PostgreSQL in Docker, else an embedded one in a temp directory."""
+    source = backends().postgres
+    if source == "environment":
         yield os.environ["DATABASE_URL"]
+        return
+    if source == "testcontainers":
+        from testcontainers.community.postgres import PostgresContainer
+
+        with PostgresContainer(POSTGRES_IMAGE, driver=None) as container:
+            yield container.get_connection_url()
         return
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
     try:
@@ -58,9 +112,13 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def settings(bootstrap_servers: str, database_url: str, tmp_path: Path) -> Settings:
-    """Settings for one test: its own topics, consumer groups and database."""
+    """Settings for one test: its own topics, consumer groups and database, in the session's broker profile
+    (outside the embedded profile with strong secrets of its own, as every production process requires)."""
     run = uuid.uuid4().hex[:8]
-    profile = "kafka" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "embedded"
+    profile = backends().profile
+    secrets = {} if profile == "embedded" else {
+        name: SecretStr(token_urlsafe(48)) for name in ("jwt_secret", "whatsapp_app_secret", "whatsapp_verify_token")
+    }
     return Settings(
         kafka_bootstrap_servers=bootstrap_servers,
         database_url=database_url,
@@ -70,6 +128,7 @@ def settings(bootstrap_servers: str, database_url: str, tmp_path: Path) -> Setti
         topic_partitions=2,
         tenants_file=ROOT / "examples" / "tenants.toml",
         data_dir=tmp_path / "baton",
+        **secrets,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from collections.abc import Iterator
 
@@ -41,7 +42,9 @@ def console_runtime(settings: Settings) -> Iterator[Runtime]:
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.fail("chromium and chromedriver are needed (.ci/run installs Debian's chromium and chromium-driver)")
+        # The one test that needs a program pip cannot install; .ci/run installs it and requires it.
+        missing = "chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)"
+        (pytest.fail if os.environ.get("BATON_REQUIRE_BROWSER") else pytest.skip)(missing)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
