@@ -76,6 +76,7 @@ def dev(
         table.add_column(overflow="fold")
         table.add_row("API", runtime.api_url)
         table.add_row("OpenAPI", f"{runtime.api_url}/docs")
+        table.add_row("Console", f"{runtime.api_url}/console")
         table.add_row("Webhook", f"{runtime.api_url}/v1/webhooks/whatsapp")
         table.add_row("Kafka", f"{settings.kafka_bootstrap_servers} ({settings.broker_profile})")
         table.add_row("PostgreSQL", str(settings.database_url))
