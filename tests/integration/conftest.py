@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from streams.auth import issue_token
 from streams.runtime import Runtime
@@ -38,6 +39,17 @@ def api(runtime: Runtime) -> Iterator[httpx.Client]:
     token = issue_token(runtime.settings, "acme")
     with httpx.Client(base_url=runtime.api_url, timeout=10, headers={"Authorization": f"Bearer {token}"}) as client:
         yield client
+
+
+async def produce_records(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    """Write raw (key, value) records to a topic, bypassing every check of Baton's publishers."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
 
 
 def eventually(probe: Callable[[], T | None], what: str, within_s: float = 60.0) -> T:

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 from selenium import webdriver
 from selenium.webdriver.common.by import By
@@ -21,7 +20,7 @@ from streams.auth import issue_token
 from streams.runtime import Runtime
 from streams.settings import Settings
 from tests.fake_anthropic import FakeAnthropic
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, produce_records
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +74,8 @@ def test_console_shows_conversations_costs_trace_and_system_pages(console_runtim
         eventually(lambda: (r := api.get("/v1/conversations/34644000001")).status_code == 200
                    and r.json()["replies_sent"] == 2, "both messages answered")
         eventually(lambda: api.get("/v1/costs").json()["groups"], "routing calls on the cost ledger")
-    asyncio.run(_produce_undecodable(settings))
+    asyncio.run(produce_records(settings, settings.topic("conversations"),
+                                [(b"conversation:acme:x", json.dumps({"type": "conversation.bogus"}).encode())]))
 
     wait = WebDriverWait(browser, 20)
     browser.get(f"{console_runtime.api_url}/console")
@@ -125,12 +125,3 @@ def test_console_shows_conversations_costs_trace_and_system_pages(console_runtim
     wait.until(until.text_to_be_present_in_element((By.ID, "page"), "need a service token"))
     assert browser.find_element(By.ID, "who").text == "acme"
 
-
-async def _produce_undecodable(settings: Settings) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topic("conversations"), key=b"conversation:acme:x",
-                                     value=json.dumps({"type": "conversation.bogus"}).encode())
-    finally:
-        await producer.stop()

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import psycopg
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from schemas import Envelope
 from streams.deadletter import list_dead_letters
@@ -23,7 +22,7 @@ from streams.runtime import Runtime
 from streams.settings import Settings, settings_env
 from streams.tenants import Tenant
 from tests.conversation_logs import inbound
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, produce_records
 
 pytestmark = pytest.mark.integration
 
@@ -190,16 +189,8 @@ def test_replay_verify_reports_a_tampered_read_model(runtime: Runtime, api: http
 def test_undecodable_record_goes_to_dead_letters(runtime: Runtime) -> None:
     settings = runtime.settings
 
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, max_batch_size=1)
-        await producer.start()
-        try:
-            await producer.send_and_wait(settings.topic("conversations"), key=b"conversation:acme:x",
-                                         value=json.dumps({"type": "conversation.bogus"}).encode())
-        finally:
-            await producer.stop()
-
-    asyncio.run(produce())
+    asyncio.run(produce_records(settings, settings.topic("conversations"),
+                                [(b"conversation:acme:x", json.dumps({"type": "conversation.bogus"}).encode())]))
     letters = eventually(
         lambda: [d for d in asyncio.run(list_dead_letters(settings)) if d.stage.startswith("fold")],
         "dead letter from the worker",

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from schemas import encode
 from streams.deadletter import dead_letter_record
@@ -17,7 +16,7 @@ from streams.embedded import child_env
 from streams.runtime import Runtime
 from streams.settings import settings_env
 from tests.conversation_logs import inbound
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, produce_records
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +35,7 @@ def test_a_fixed_dead_letter_is_redriven_and_folded_while_a_bad_one_is_refused(r
                            stage="fold:conversations"),
     ]
 
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
-        await producer.start()
-        try:
-            for letter in letters:
-                await producer.send_and_wait(settings.deadletter_topic, letter)
-        finally:
-            await producer.stop()
-
-    asyncio.run(produce())
+    asyncio.run(produce_records(settings, settings.deadletter_topic, [(None, letter) for letter in letters]))
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "streams.cli", "deadletter", *args],
