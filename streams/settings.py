@@ -113,8 +113,8 @@ class Settings(BaseSettings):
     # Edge token buckets: per tenant on ingest (writes) and on queries (reads), per phone_number_id on the webhook.
     ingest_rate_per_s: float = Field(1000.0, gt=0)
     ingest_burst: int = Field(2000, ge=1)
-    query_rate_per_s: float = Field(200.0, gt=0)
-    query_burst: int = Field(400, ge=1)
+    query_rate_per_s: float = Field(1000.0, gt=0)
+    query_burst: int = Field(2000, ge=1)
     webhook_rate_per_s: float = Field(1000.0, gt=0)
     webhook_burst: int = Field(2000, ge=1)
 
