@@ -32,6 +32,7 @@ from projections.views.learning import (
     events_after,
     events_by_id,
     learner_status,
+    list_learners,
     planned_session,
 )
 from schemas import Envelope, new_event
@@ -242,6 +243,15 @@ def learning_router() -> APIRouter:
         return await learner_status(pool, who.tenant_id, who.stream_id, who.learner, now=datetime.now(UTC),
                                     agents=agents, freshness=freshness, run_hour_local=options.run_hour_local,
                                     days_per_week=options.days_per_week)
+
+    @router.get("/v1/learning/learners", response_model=list[StatusView], summary="Every learner's status")
+    async def learners(caller: CallerDep, pool: Pool) -> list[StatusView]:
+        """The status of each learner of the tenant, for its operators (service tokens only)."""
+        if not caller.service:
+            raise ApiError(403, "the list of learners needs a service token", "forbidden")
+        return await list_learners(pool, caller.tenant_id, now=datetime.now(UTC), agents=agents,
+                                   freshness=freshness, run_hour_local=options.run_hour_local,
+                                   days_per_week=options.days_per_week)
 
     @router.get("/v1/events/stream", summary="The caller's own events, as server-sent events",
                 response_class=StreamingResponse,

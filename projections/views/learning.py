@@ -98,15 +98,16 @@ class StatusView(BaseModel):
     learning_stats: LearningStatsView
 
 
-_STATUS = """
-SELECT l.active_intent, l.latest_session, l.total_sessions, l.completed_sessions, l.total_time_min,
+_LEARNER_ROWS = """
+SELECT l.learner, l.active_intent, l.latest_session, l.total_sessions, l.completed_sessions, l.total_time_min,
        l.confidence_sum, l.completion_days,
        (SELECT coalesce(json_agg(json_build_object('agent', g.agent, 'available', g.available,
                                                    'last_updated', g.last_updated)), '[]')
         FROM learning_signals g WHERE g.stream_id = l.stream_id AND g.tenant_id = l.tenant_id) AS signals
 FROM learning_learners l
-WHERE l.stream_id = %(stream)s AND l.tenant_id = %(tenant)s
 """
+_STATUS = _LEARNER_ROWS + "WHERE l.stream_id = %(stream)s AND l.tenant_id = %(tenant)s"
+_LEARNERS = _LEARNER_ROWS + "WHERE l.tenant_id = %(tenant)s ORDER BY l.learner LIMIT %(limit)s"
 
 
 async def learner_status(source: Source, tenant_id: str, stream_id: str, learner: str, *, now: datetime,
@@ -118,6 +119,17 @@ async def learner_status(source: Source, tenant_id: str, stream_id: str, learner
         row = await cur.fetchone()
     return status_of(row, learner, now=now, agents=agents, freshness=freshness, run_hour_local=run_hour_local,
                      days_per_week=days_per_week)
+
+
+async def list_learners(source: Source, tenant_id: str, *, now: datetime, agents: Sequence[str],
+                        freshness: dict[str, Any], run_hour_local: int, days_per_week: int,
+                        limit: int = 200) -> list[StatusView]:
+    """Every learner's status at `now` (the tenant's operators' view), by learner id."""
+    async with connection(source) as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_LEARNERS, {"tenant": tenant_id, "limit": limit})
+        rows = await cur.fetchall()
+    return [status_of(row, row["learner"], now=now, agents=agents, freshness=freshness,
+                      run_hour_local=run_hour_local, days_per_week=days_per_week) for row in rows]
 
 
 def status_of(row: dict[str, Any] | None, learner: str, *, now: datetime, agents: Sequence[str],

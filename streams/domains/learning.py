@@ -62,4 +62,5 @@ DOMAIN = Domain(
     routers=_routers,
     effects=build_effects,
     commands=_commands,
+    console_page=CORE.parent.parent / "console" / "pages" / "learning.js",
 )

@@ -130,6 +130,12 @@ def test_full_flow_sync_run_done_status(learning: Learning) -> None:
     # A service token speaks for the learner named by X-User-ID.
     with learning.client(None, service=True, **{"X-User-ID": "ada"}) as edge:
         assert edge.get("/v1/learning/status").json()["latest_session"]["id"] == plan["session_id"]
+        # Operators list the tenant's learners with the same status; a learner's own token may not.
+        listed = {s["user_id"]: s for s in edge.get("/v1/learning/learners").json()}
+        assert listed["ada"] == status | {"next_scheduled_run": listed["ada"]["next_scheduled_run"]}
+    with learning.client("ada") as ada:
+        refused = ada.get("/v1/learning/learners")
+        assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
 
 
 def test_day_runs_are_idempotent_unless_forced(learning: Learning) -> None:
