@@ -153,6 +153,20 @@ class StatusUpdated(Payload, frozen=True, kw_only=True):
     error_title: str | None = None
 
 
+class ContactLinked(Payload, frozen=True, kw_only=True):
+    """The outbound side says this contact is a user: inbound messages from it make that user active."""
+
+    contact: str
+    user_id: str
+
+
+class ContactUnlinked(Payload, frozen=True, kw_only=True):
+    """The user no longer writes from this contact; a link to another user is left as it is."""
+
+    contact: str
+    user_id: str
+
+
 CONVERSATION_EVENTS: dict[str, type[Payload]] = {
     "conversation.message.received": MessageReceived,
     "conversation.session.started": SessionStarted,
@@ -164,6 +178,8 @@ CONVERSATION_EVENTS: dict[str, type[Payload]] = {
     "conversation.reply.sent": ReplySent,
     "conversation.reply.failed": ReplyFailed,
     "conversation.status.updated": StatusUpdated,
+    "conversation.contact.linked": ContactLinked,
+    "conversation.contact.unlinked": ContactUnlinked,
 }
 
 # Facts from outside that producers may publish; everything else is emitted by Baton itself.

@@ -14,6 +14,8 @@ from schemas import Envelope, emitted
 from schemas.conversations import (
     CONVERSATION_EVENTS,
     ROUTABLE_TYPES,
+    ContactLinked,
+    ContactUnlinked,
     MessageReceived,
     MessageRouted,
     ReplyFailed,
@@ -25,6 +27,7 @@ from schemas.conversations import (
     StatusUpdated,
     TicketOpened,
 )
+from schemas.outbound import UserActive
 
 T = TypeVar("T")
 
@@ -61,7 +64,10 @@ class PendingStatus(msgspec.Struct, kw_only=True):
 
 
 class ConversationState(msgspec.Struct, kw_only=True):
-    """The current session of one (tenant, contact) stream and its bounded memory."""
+    """The current session of one (tenant, contact) stream and its bounded memory.
+
+    session_number 0 is no session yet: a contact linked to an outbound user before writing.
+    """
 
     tenant_id: str
     contact: str
@@ -86,6 +92,7 @@ class ConversationState(msgspec.Struct, kw_only=True):
     log_offset: int = -1
     seen_message_ids: list[str] = []
     pending_statuses: list[PendingStatus] = []
+    linked_user_id: str | None = None
 
 
 _state_encoder = msgspec.json.Encoder()
@@ -146,6 +153,8 @@ def fold(
         )
     if isinstance(payload, MessageReceived):
         return _received(state, envelope, payload, config)
+    if isinstance(payload, ContactLinked | ContactUnlinked):
+        return _linked(state, envelope, payload, config), []
     if state is None or str(envelope.event_id) in state.applied_event_ids:
         return state, []
     changes: dict[str, Any] = {}
@@ -163,7 +172,7 @@ def _received(
         return replace(state, duplicates_dropped=state.duplicates_dropped + 1), []
     at = envelope.occurred_at
     events: list[Envelope] = []
-    if state is None or at > state.expires_at:
+    if state is None or state.session_number == 0 or at > state.expires_at:
         state, events = _new_session(state, envelope, payload)
     text = payload.text or (payload.location.name if payload.location else None)
     last_activity_at = max(state.last_activity_at, at)
@@ -184,6 +193,10 @@ def _received(
         request = RoutingRequested(session_id=state.session_id, contact=payload.contact,
                                    message_event_id=envelope.event_id, text=text)
         events.append(emitted(envelope, len(events), request, actor=ACTOR))
+    if state.linked_user_id is not None:
+        active = UserActive(user_id=state.linked_user_id, contact=payload.contact,
+                            message_event_id=str(envelope.event_id))
+        events.append(emitted(envelope, len(events), active, actor=ACTOR))
     applied = [envelope.event_id, *(event.event_id for event in events)]
     return _record(state, applied, config), events
 
@@ -194,7 +207,7 @@ def _new_session(
     at = envelope.occurred_at
     session_id = uuid.uuid5(envelope.event_id, "session")
     events: list[Envelope] = []
-    if old is not None:
+    if old is not None and old.session_number > 0:
         expired = SessionExpired(session_id=old.session_id, contact=old.contact,
                                  last_activity_at=old.last_activity_at)
         events.append(emitted(envelope, 0, expired, actor=ACTOR))
@@ -214,8 +227,26 @@ def _new_session(
         expires_at=at,
         applied_event_ids=list(old.applied_event_ids) if old else [],
         seen_message_ids=list(old.seen_message_ids) if old else [],
+        linked_user_id=old.linked_user_id if old else None,
     )
     return state, events
+
+
+def _linked(state: ConversationState | None, envelope: Envelope, payload: ContactLinked | ContactUnlinked,
+            config: FoldConfig) -> ConversationState:
+    """Record (or clear) the outbound user this contact is; a contact not seen yet gets a state without session."""
+    if state is not None and str(envelope.event_id) in state.applied_event_ids:
+        return state
+    if state is None:
+        at = envelope.occurred_at
+        state = ConversationState(tenant_id=envelope.tenant_id, contact=payload.contact, session_number=0,
+                                  session_id=uuid.uuid5(envelope.event_id, "link"), started_at=at,
+                                  last_activity_at=at, expires_at=at)
+    if isinstance(payload, ContactLinked):
+        state = replace(state, linked_user_id=payload.user_id)
+    elif state.linked_user_id == payload.user_id:
+        state = replace(state, linked_user_id=None)
+    return _record(state, [envelope.event_id], config)
 
 
 def _apply(state: ConversationState, envelope: Envelope, config: FoldConfig) -> dict[str, Any]:

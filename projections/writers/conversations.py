@@ -36,5 +36,6 @@ SESSIONS = ReadModel(
         ("routed_support", "integer"), ("replies_requested", "integer"), ("replies_sent", "integer"),
         ("replies_failed", "integer"), ("tickets", "jsonb"),
     ),
-    row=session_row,
+    # A contact linked to an outbound user before writing has no session yet, hence no row.
+    rows=lambda state: (session_row(state),) if state.session_number else (),
 )

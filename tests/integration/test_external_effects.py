@@ -188,9 +188,9 @@ def _conversations_domain(settings: Settings):
     return next(d for d in load_domains(settings) if d.name == "conversations")
 
 
-def log_envelopes(settings: Settings) -> list[Envelope]:
-    """Every envelope on the conversations topic, copies included, in log order per partition."""
-    records = asyncio.run(_read_topics(settings, [settings.topic("conversations")]))
+def log_envelopes(settings: Settings, topics: list[str] | None = None) -> list[Envelope]:
+    """Every envelope on the conversations topic (or the given ones), copies included, in log order per partition."""
+    records = asyncio.run(_read_topics(settings, topics or [settings.topic("conversations")]))
     return [decode(r.value) for r in records if r.value is not None]
 
 

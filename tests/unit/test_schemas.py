@@ -78,6 +78,8 @@ EXAMPLES: dict[str, conv.Payload] = {
                                                   reason="whatsapp 400", sender="whatsapp"),
     "conversation.status.updated": conv.StatusUpdated(contact=CONTACT, whatsapp_message_id="wamid.out",
                                                       status="failed", error_code=131047, error_title="Re-engage"),
+    "conversation.contact.linked": conv.ContactLinked(contact=CONTACT, user_id="user-1"),
+    "conversation.contact.unlinked": conv.ContactUnlinked(contact=CONTACT, user_id="user-1"),
 }
 
 
@@ -120,8 +122,8 @@ def test_unknown_type_is_named() -> None:
 
 
 def test_unknown_type_from_builtins_is_named() -> None:
-    with pytest.raises(UnknownEventType, match="outbound.message.queued"):
-        payload_from_builtins("outbound.message.queued", 1, {})
+    with pytest.raises(UnknownEventType, match="outbound.message.teleported"):
+        payload_from_builtins("outbound.message.teleported", 1, {})
 
 
 def test_version_above_current_is_unsupported() -> None:
