@@ -85,7 +85,7 @@ def test_console_shows_conversations_costs_trace_and_system_pages(console_runtim
     nav = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#nav a")]
     # A page per registered domain that has one, in the registry's order, then the system pages.
     assert nav[:2] == ["Conversations", "Costs"] and nav[-2:] == ["Trace", "System"]
-    assert {"Learning"} <= set(nav)
+    assert {"Learning", "Outbound", "Steps", "Workflow"} <= set(nav)
 
     # Conversations: the contact listed, messages per day by lane drawn as bars, then the chat.
     row = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, "#page tr.link")))
@@ -121,9 +121,77 @@ def test_console_shows_conversations_costs_trace_and_system_pages(console_runtim
     button.click()
     wait.until(until.text_to_be_present_in_element((By.ID, "redrive-result"), "refused"))
 
+    # Every other domain's page renders (empty here) without an error.
+    for page_id in ("outbound", "workflow", "steps", "learning"):
+        browser.get(f"{console_runtime.api_url}/console#/{page_id}")
+        browser.refresh()
+        wait.until(until.presence_of_element_located((By.CSS_SELECTOR, "#page table, #page .columns, #page p")))
+        wait.until(lambda d: "Loading" not in d.find_element(By.ID, "page").text)
+        assert not browser.find_elements(By.CSS_SELECTOR, "#page p.error"), browser.find_element(By.ID, "page").text
+
     # A tenant token sees its pages but not the system's.
     browser.execute_script("localStorage.setItem('baton.console.token', arguments[0])", issue_token(settings, "acme"))
+    browser.get(f"{console_runtime.api_url}/console#/system")
     browser.refresh()
     wait.until(until.text_to_be_present_in_element((By.ID, "page"), "need a service token"))
     assert browser.find_element(By.ID, "who").text == "acme"
 
+
+
+def test_domain_pages_show_the_queue_trail_board_audit_bugs_and_savings(runtime: Runtime, browser) -> None:
+    service = issue_token(runtime.settings, "acme", service=True)
+    with httpx.Client(base_url=runtime.api_url, headers={"Authorization": f"Bearer {service}"}, timeout=30) as api:
+        prefs = {"timezone": "Europe/Madrid", "quiet_hours": {"start": "00:00", "end": "00:00"}, "daily_limit": 5,
+                 "contact": "34633000001"}
+        assert api.put("/v1/users/ana/preferences", json=prefs).status_code == 202
+        queued = api.post("/v1/outbound", json={"user_id": "ana", "agent_id": "saga",
+                                                "message_data": {"type": "text", "text": "Your summary is ready"}})
+        message_id = queued.json()["message_id"]
+        assert api.post("/v1/sprints", json={"sprint_code": "SPR-9", "title": "Console"}).status_code == 202
+        assert api.post("/v1/tasks", json={"task_code": "TSK-9", "title": "Board", "sprint_code": "SPR-9",
+                                           "type": "feature"}).status_code == 201
+        assert api.post("/v1/tasks/TSK-9/start", json={}).status_code == 200
+        overridden = api.post("/v1/tasks/TSK-9/phases/complete",
+                              json={"override": True, "reason": "spec lives in the ticket", "actor": "user:ana"})
+        assert overridden.status_code == 200, overridden.text
+        assert api.post("/v1/bugs", json={"task_code": "TSK-9", "message": "KeyError: 'sku' at 0x7f3a",
+                                          "file": "app/orders.py", "line": 42}).status_code == 200
+        execution = {"execution_id": "exe-console", "agent_id": "saga", "user_id": "ana",
+                     "steps": [{"step_id": "shape", "intent": "transform", "input": {"n": 1}, "spec": {"expression": "input"}}]}
+        assert api.post("/v1/executions", json=execution).status_code == 202
+        eventually(lambda: (r := api.get(f"/v1/outbound/messages/{message_id}")).status_code == 200
+                   and r.json()["status"] == "sent", "the outbound message sent")
+        eventually(lambda: api.get("/v1/tasks/TSK-9").json().get("overrides"), "the override projected")
+        eventually(lambda: (r := api.get("/v1/executions/exe-console")).status_code == 200
+                   and r.json()["status"] not in ("running", "started"), "the execution finished")
+
+    wait = WebDriverWait(browser, 20)
+    browser.get(f"{runtime.api_url}/console")
+    wait.until(until.visibility_of_element_located((By.ID, "token"))).send_keys(service)
+    browser.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+
+    # Outbound: the queue, decisions per day drawn, and the message's decision trail with its inputs.
+    browser.get(f"{runtime.api_url}/console#/outbound")
+    row = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, "#page tr.link")))
+    assert "ana" in row.text and "sent" in row.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#decisions-per-day rect")
+    row.click()
+    wait.until(until.text_to_be_present_in_element((By.ID, "page"), "Decision trail"))
+    trail = browser.find_element(By.ID, "page").text
+    assert "approved" in trail and "Europe/Madrid" in trail
+
+    # Workflow: the task in the research column, then its override audit; the bug with its count.
+    browser.get(f"{runtime.api_url}/console#/workflow/SPR-9")
+    card = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, ".column[data-phase='research'] [data-task='TSK-9']")))
+    assert "1" in browser.find_element(By.ID, "bugs").text and "app/orders.py:42" in browser.find_element(By.ID, "bugs").text
+    card.click()
+    overrides = wait.until(until.presence_of_element_located((By.ID, "overrides")))
+    assert "user:ana" in overrides.text and "spec lives in the ticket" in overrides.text and "TASK.md" in overrides.text
+
+    # Steps: the execution with its budget bars, then the savings ledger step by step.
+    browser.get(f"{runtime.api_url}/console#/steps")
+    row = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, "#page tr.link")))
+    assert "exe-console" in row.text
+    row.click()
+    ledger = wait.until(until.presence_of_element_located((By.ID, "savings")))
+    assert "shape" in ledger.text and "transform" in ledger.text

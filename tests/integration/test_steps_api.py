@@ -1,0 +1,187 @@
+"""The steps domain end to end on one runtime: executions over HTTP with a real Anthropic client against a local
+fake, many steps racing one user's daily budget (never passed), flags, audit, bugs and replay --verify."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import SecretStr
+
+from streams.auth import issue_token
+from streams.embedded import child_env
+from streams.runtime import Runtime
+from streams.settings import Settings, settings_env
+from tests.conftest import ROOT
+from tests.fake_anthropic import FakeAnthropic
+from tests.integration.conftest import eventually
+
+pytestmark = pytest.mark.integration
+CONTEXT = "Support handbook. " + " ".join(f"Rule {i}: be brief and cite the order id." for i in range(500))
+ORDERS = [{"id": f"o{i}", "sku": "A" if i % 2 else "B", "qty": i, "status": "paid" if i % 3 else "open"}
+          for i in range(1, 9)]
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(reply='{"customer": "Ana", "total": 3}') as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def runtime(bootstrap_servers: str, postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory,
+            fake: FakeAnthropic) -> Iterator[Runtime]:
+    name = f"baton_steps_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    run = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap_servers,
+        database_url=make_conninfo(**(conninfo_to_dict(postgres_server_url) | {"dbname": name})),
+        broker_profile="embedded", app_id=f"baton-steps-{run}", topic_prefix=f"steps-{run}.", topic_partitions=2,
+        tenants_file=ROOT / "examples" / "tenants.toml", data_dir=tmp_path_factory.mktemp("steps") / "baton",
+        api_port=0, fetch_wait_ms=50, anthropic_api_key=SecretStr("sk-test"), anthropic_base_url=fake.base_url,
+    )
+    with Runtime(settings).start() as running:
+        yield running
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def api(runtime: Runtime) -> Iterator[httpx.Client]:
+    token = issue_token(runtime.settings, "acme")
+    with httpx.Client(base_url=runtime.api_url, timeout=90, headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client
+
+
+def workflow(user: str = "u1", agent: str = "support-bot", **extra) -> dict:
+    return {
+        "agent_id": agent, "user_id": user, "context": CONTEXT, "token_budget": 200_000, **extra,
+        "steps": [
+            {"step_id": "check", "intent": "validate", "input": ORDERS,
+             "spec": {"schema": {"type": "array", "items": {"required": ["id", "qty"]}}}},
+            {"step_id": "paid", "intent": "filter", "depends_on": ["check"],
+             "spec": {"items": "steps.check.value", "where": "status == 'paid'"}},
+            {"step_id": "totals", "intent": "aggregate", "depends_on": ["paid"],
+             "spec": {"items": "steps.paid", "group_by": "sku", "metrics": {"units": {"op": "sum", "of": "qty"}}}},
+            {"step_id": "facts", "intent": "extract", "input": "Ana   wrote:\n\n\n\nmy order o3 is late\nmy order o3 is late",
+             "spec": {"instruction": "Extract the customer and the order."}},
+            {"step_id": "big", "intent": "conditional", "depends_on": ["totals"],
+             "spec": {"when": "steps.totals.A.units > `5`", "then": ["notify"], "else": ["skip_note"]}},
+            {"step_id": "notify", "intent": "send", "depends_on": ["big", "facts"],
+             "spec": {"message_type": "order_update", "fields_from": "steps.facts"}},
+            {"step_id": "skip_note", "intent": "transform", "depends_on": ["big"], "spec": {"expression": "input"}},
+        ],
+    }
+
+
+def test_an_execution_runs_its_dag_in_parallel_and_answers_with_outputs_and_metrics(api: httpx.Client,
+                                                                                     runtime: Runtime) -> None:
+    response = api.post("/v1/executions?wait=true", json=workflow(execution_id="wf-1"))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["status"] == "succeeded", result
+    steps = {s["step_id"]: s for s in result["steps"]}
+    assert steps["totals"]["output"] == {"A": {"units": 13}, "B": {"units": 14}}
+    assert steps["facts"]["output"] == {"customer": "Ana", "total": 3}
+    assert steps["facts"]["model"] == "claude-haiku-4-5" and steps["skip_note"]["status"] == "skipped"
+    assert steps["notify"]["output"]["queued"] == "outbound"
+    metrics = result["metrics"]
+    assert metrics["executed"] == 6 and metrics["skipped"] == 1 and metrics["tokens_used"] > 0
+    assert metrics["cache_write_tokens"] > 0 and metrics["saved"]["routing"]["usd"] > 0
+    assert metrics["saved"]["compression"]["tokens"] > 0
+    assert metrics["budget_utilisation"]["execution"] > 0
+    # The two independent roots were requested by one fold step.
+    assert steps["check"]["requested_at"] == steps["facts"]["requested_at"]
+    again = api.post("/v1/executions?wait=true", json=workflow(execution_id="wf-2"))
+    assert again.json()["metrics"]["cache_read_tokens"] > 0  # the stable prefix was served from the cache
+    assert api.get("/v1/executions/wf-1").json()["metrics"] == metrics
+    other = {"Authorization": f"Bearer {issue_token(runtime.settings, 'globex')}"}
+    assert api.get("/v1/executions/wf-1", headers=other).status_code == 404
+
+    audit = api.get("/v1/audit", params={"entity": "wf-1"}).json()
+    actions = [a["action"] for a in audit]
+    assert actions[0] == "started" and "initialised" in actions and actions[-1] == "completed"
+    assert actions.count("step_executed") == 6
+    day = result["steps"][0]["finished_at"][:10]
+    models = {r["subject"]: r for r in api.get("/v1/rollups", params={"by": "model", "date": day}).json()}
+    assert models["claude-haiku-4-5"]["steps"] >= 2 and models["claude-haiku-4-5"]["usd_saved"] > 0
+    assert [r["subject"] for r in api.get("/v1/rollups", params={"by": "agent", "date": day}).json()] == ["support-bot"]
+
+
+def test_bad_executions_are_refused_naming_the_field(api: httpx.Client) -> None:
+    cycle = workflow(execution_id="bad")
+    cycle["steps"][0]["depends_on"] = ["notify"]
+    assert "dependency cycle" in api.post("/v1/executions", json=cycle).json()["detail"]
+    unknown = {**workflow(), "steps": [{"step_id": "a", "intent": "teleport"}]}
+    response = api.post("/v1/executions", json=unknown)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "intent"
+
+
+def test_many_concurrent_steps_never_pass_one_users_daily_budget(api: httpx.Client) -> None:
+    limit = 12_000
+    assert api.put("/v1/budgets", json={"scope": "user", "id": "racer", "tokens": limit}).status_code == 202
+    steps = [{"step_id": f"s{i}", "intent": "summarize", "input": f"Order {i} is late. " * 40} for i in range(25)]
+    ids = []
+    for n, agent in enumerate(("bot-a", "bot-b", "bot-a", "bot-b")):
+        body = {"execution_id": f"race-{n}", "agent_id": agent, "user_id": "racer", "steps": steps}
+        assert api.post("/v1/executions", json=body).status_code == 202
+        ids.append(f"race-{n}")
+    results = [eventually(lambda i=i: (r := api.get(f"/v1/executions/{i}")).status_code == 200
+                          and r.json()["status"] in ("failed", "succeeded") and r.json(), f"{i} finished", 120)
+               for i in ids]
+    executed = sum(r["metrics"]["executed"] for r in results)
+    rejected = sum(r["metrics"]["rejected"] for r in results)
+    assert executed > 0 and rejected > 0 and executed + rejected == 100
+    used = sum(r["metrics"]["tokens_used"] for r in results)
+    budget = eventually(lambda: (b := api.get("/v1/budgets", params={"scope": "user", "id": "racer"}).json())
+                        ["reserved_tokens"] == 0 and b["used_tokens"] == used and b, "reservations settled")
+    assert budget["used_tokens"] <= limit and budget["limit_tokens"] == limit
+    reasons = {s["decision"][:90] for r in results for s in r["steps"] if s["status"] == "rejected"}
+    assert budget["rejected"] == rejected, reasons
+    refused = api.get("/v1/audit", params={"entity": "user:racer", "action": "budget_exceeded"}).json()
+    assert len(refused) == rejected and refused[0]["details"]["limit_tokens"] == limit
+
+
+def test_flags_change_with_old_and_new_values_and_orchestration_off_passes_through(api: httpx.Client) -> None:
+    assert api.put("/v1/flags", json={"orchestration": False}).status_code == 202
+    eventually(lambda: [a for a in api.get("/v1/audit", params={"entity": "flags"}).json()
+                        if a["details"]["new"]["orchestration"] is False], "flag change applied")
+    result = api.post("/v1/executions?wait=true", json={
+        "agent_id": "plain", "user_id": "racer", "steps": [{"step_id": "s", "intent": "summarize", "input": "x " * 50}],
+    }).json()
+    # Over the racer's budget, but orchestration is off: recorded, not enforced, plain unrouted call.
+    assert result["status"] == "succeeded" and result["steps"][0]["model"] == "claude-sonnet-4-5"
+    assert "not enforced" in result["steps"][0]["decision"]
+    change = api.get("/v1/audit", params={"entity": "flags"}).json()[-1]["details"]
+    assert change["old"]["orchestration"] is True and change["new"]["orchestration"] is False
+    assert api.put("/v1/flags", json={"orchestration": True}).status_code == 202
+
+
+def test_a_failed_step_becomes_a_bug(api: httpx.Client) -> None:
+    body = {"execution_id": "broken", "agent_id": "bugbot", "user_id": "u2", "task_code": "TSK-STEPS",
+            "steps": [{"step_id": "v", "intent": "validate", "input": {"x": 1}, "spec": {"schema": {"required": ["y"]}}}]}
+    result = api.post("/v1/executions?wait=true", json=body).json()
+    assert result["status"] == "failed" and "'y' is a required property" in result["steps"][0]["error"]
+    bugs = eventually(lambda: [b for b in api.get("/v1/bugs").json()["bugs"] if "validate step failed" in b["message"]],
+                      "bug logged")
+    assert bugs[0]["fingerprint"] and bugs[0]["file"].endswith("steps.py")
+
+
+def test_replay_rebuilds_identical_read_models_without_network(runtime: Runtime, fake: FakeAnthropic) -> None:
+    calls = len(fake.requests)
+    env = settings_env(runtime.settings)
+    env["ANTHROPIC_BASE_URL"] = "http://127.0.0.1:9"  # nothing listens: replay must not call out
+    verify = subprocess.run([sys.executable, "-m", "streams.cli", "replay", "--verify"],
+                            env=child_env(COLUMNS="200", **env), capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "steps_executions" in verify.stdout and "steps_budget_days" in verify.stdout
+    assert len(fake.requests) == calls
