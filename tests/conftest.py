@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from contextlib import contextmanager
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,23 +98,31 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         server.stop()
 
 
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server, dropped afterwards."""
+    name = f"baton_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(server_url)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def database_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
-    name = f"baton_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(postgres_server_url)
-    params["dbname"] = name
-    yield make_conninfo(**params)
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(postgres_server_url) as url:
+        yield url
 
 
-@pytest.fixture
-def settings(bootstrap_servers: str, database_url: str, tmp_path: Path) -> Settings:
-    """Settings for one test: its own topics, consumer groups and database, in the session's broker profile
-    (outside the embedded profile with strong secrets of its own, as every production process requires)."""
+def settings_for(bootstrap_servers: str, database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    """Settings of their own topics, consumer groups and database, in the session's broker profile (outside the
+    embedded profile with strong secrets of its own, as every production process requires)."""
     run = uuid.uuid4().hex[:8]
     profile = backends().profile
     secrets = {} if profile == "embedded" else {
@@ -127,9 +136,15 @@ def settings(bootstrap_servers: str, database_url: str, tmp_path: Path) -> Setti
         topic_prefix=f"test-{run}.",
         topic_partitions=2,
         tenants_file=ROOT / "examples" / "tenants.toml",
-        data_dir=tmp_path / "baton",
+        data_dir=data_dir,
         **secrets,
-    )
+    ).model_copy(update=overrides)
+
+
+@pytest.fixture
+def settings(bootstrap_servers: str, database_url: str, tmp_path: Path) -> Settings:
+    """Settings for one test: its own topics, consumer groups and database."""
+    return settings_for(bootstrap_servers, database_url, tmp_path / "baton")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -14,6 +16,7 @@ from streams.auth import issue_token
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.tenants import Tenant, load_tenants
+from tests.conftest import fresh_database, settings_for
 
 T = TypeVar("T")
 
@@ -26,6 +29,15 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     """
     with Runtime(settings.model_copy(update={"api_port": 0})).start() as runtime:
         yield runtime
+
+
+@contextmanager
+def module_runtime(bootstrap_servers: str, postgres_server_url: str, data_dir: Path,
+                   **overrides: object) -> Iterator[Runtime]:
+    """A runtime with a database of its own, shared by the tests of one module (any free API port)."""
+    with fresh_database(postgres_server_url) as url, Runtime(
+            settings_for(bootstrap_servers, url, data_dir, api_port=0, **overrides)).start() as running:
+        yield running
 
 
 @pytest.fixture

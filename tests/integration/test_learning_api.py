@@ -6,7 +6,6 @@ One runtime serves the module; each test uses learners of its own, so the tests 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -17,13 +16,12 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from streams.auth import issue_token
 from streams.embedded import child_env
 from streams.runtime import Runtime
-from streams.settings import Settings, settings_env
-from tests.integration.conftest import eventually
+from streams.settings import settings_env
+from tests.integration.conftest import eventually, module_runtime
 from tests.unit.test_learning_agents import AGENTS, FakeAgents, Reply
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,27 +48,14 @@ class Learning:
 @pytest.fixture(scope="module")
 def learning(bootstrap_servers: str, postgres_server_url: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Learning]:
-    name = f"baton_learning_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap_servers=bootstrap_servers,
-        database_url=make_conninfo(**{**conninfo_to_dict(postgres_server_url), "dbname": name}),
-        broker_profile="kafka" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "embedded",
-        app_id=f"baton-test-{run}", topic_prefix=f"test-{run}.", topic_partitions=2,
-        tenants_file=ROOT / "examples" / "tenants.toml", data_dir=tmp_path_factory.mktemp("baton"), api_port=0,
-    )
     with FakeAgents() as agents, pytest.MonkeyPatch.context() as env:
         # Every agent is asked at every run (no freshness window), retries wait milliseconds.
         for key, value in {"AGENTS": agents.env, "FRESHNESS_S": "", "DEFAULT_FRESHNESS_S": "0",
                            "BACKOFF_S": "0.05", "AGENT_TIMEOUT_S": "1", "SIGNALS_DEADLINE_S": "10",
                            "RATE_PER_S": "5", "BURST": "30"}.items():
             env.setenv(f"BATON_LEARNING_{key}", value)
-        with Runtime(settings).start() as runtime:
+        with module_runtime(bootstrap_servers, postgres_server_url, tmp_path_factory.mktemp("baton")) as runtime:
             yield Learning(runtime, agents)
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def sync(api: httpx.Client, **changes) -> dict:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +17,6 @@ import httpx
 import psycopg
 import pytest
 import typer
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
 from schemas import Envelope, payload_from_builtins
@@ -29,8 +26,7 @@ from streams.embedded import child_env
 from streams.publisher import Publisher
 from streams.runtime import Runtime
 from streams.settings import Settings, get_settings, settings_env
-from tests.conftest import ROOT
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, module_runtime
 
 pytestmark = pytest.mark.integration
 
@@ -90,27 +86,12 @@ def whatsapp() -> Iterator[FakeWhatsApp]:
 @pytest.fixture(scope="module")
 def runtime(bootstrap_servers: str, postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory,
             whatsapp: FakeWhatsApp) -> Iterator[Runtime]:
-    name = f"baton_outbound_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap_servers=bootstrap_servers,
-        database_url=make_conninfo(**(conninfo_to_dict(postgres_server_url) | {"dbname": name})),
-        broker_profile="embedded", app_id=f"baton-ob-{run}", topic_prefix=f"ob-{run}.", topic_partitions=2,
-        tenants_file=ROOT / "examples" / "tenants.toml", data_dir=tmp_path_factory.mktemp("ob") / "baton",
-        api_port=0, whatsapp_access_token="graph-token", whatsapp_api_base=whatsapp.url,
-    )
-    saved = {key: os.environ.get(key) for key in OUTBOUND_ENV}
-    os.environ.update(OUTBOUND_ENV)  # the worker, a child process, reads its outbound settings from here
-    try:
-        with Runtime(settings).start() as running:
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in OUTBOUND_ENV.items():  # the worker, a child process, reads its outbound settings here
+            env.setenv(key, value)
+        with module_runtime(bootstrap_servers, postgres_server_url, tmp_path_factory.mktemp("ob") / "baton",
+                            whatsapp_access_token="graph-token", whatsapp_api_base=whatsapp.url) as running:
             yield running
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 
 import httpx
-import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
 from streams.auth import issue_token
 from streams.embedded import child_env
 from streams.runtime import Runtime
-from streams.settings import Settings, settings_env
-from tests.conftest import ROOT
+from streams.settings import settings_env
 from tests.fake_anthropic import FakeAnthropic
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, module_runtime
 
 pytestmark = pytest.mark.integration
 CONTEXT = "Support handbook. " + " ".join(f"Rule {i}: be brief and cite the order id." for i in range(500))
@@ -37,21 +33,10 @@ def fake() -> Iterator[FakeAnthropic]:
 @pytest.fixture(scope="module")
 def runtime(bootstrap_servers: str, postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory,
             fake: FakeAnthropic) -> Iterator[Runtime]:
-    name = f"baton_steps_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap_servers=bootstrap_servers,
-        database_url=make_conninfo(**(conninfo_to_dict(postgres_server_url) | {"dbname": name})),
-        broker_profile="embedded", app_id=f"baton-steps-{run}", topic_prefix=f"steps-{run}.", topic_partitions=2,
-        tenants_file=ROOT / "examples" / "tenants.toml", data_dir=tmp_path_factory.mktemp("steps") / "baton",
-        api_port=0, fetch_wait_ms=50, anthropic_api_key=SecretStr("sk-test"), anthropic_base_url=fake.base_url,
-    )
-    with Runtime(settings).start() as running:
+    with module_runtime(bootstrap_servers, postgres_server_url, tmp_path_factory.mktemp("steps") / "baton",
+                        fetch_wait_ms=50, anthropic_api_key=SecretStr("sk-test"),
+                        anthropic_base_url=fake.base_url) as running:
         yield running
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

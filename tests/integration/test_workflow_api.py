@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 import typer
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
 from streams.auth import issue_token
 from streams.embedded import child_env
 from streams.runtime import Runtime
-from streams.settings import Settings, settings_env
+from streams.settings import settings_env
 from streams.workflow import add_commands
-from tests.conftest import ROOT
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, module_runtime
 
 pytestmark = pytest.mark.integration
 HASH = "b" * 64
@@ -30,19 +26,8 @@ HASH = "b" * 64
 
 @pytest.fixture(scope="module")
 def runtime(bootstrap_servers: str, postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    name = f"baton_workflow_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap_servers=bootstrap_servers, database_url=make_conninfo(**(conninfo_to_dict(postgres_server_url) | {"dbname": name})),
-        broker_profile="embedded", app_id=f"baton-wf-{run}", topic_prefix=f"wf-{run}.", topic_partitions=2,
-        tenants_file=ROOT / "examples" / "tenants.toml", data_dir=tmp_path_factory.mktemp("wf") / "baton", api_port=0,
-    )
-    with Runtime(settings).start() as running:
+    with module_runtime(bootstrap_servers, postgres_server_url, tmp_path_factory.mktemp("wf") / "baton") as running:
         yield running
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
