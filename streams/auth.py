@@ -95,11 +95,6 @@ def caller_from_token(settings: Settings, token: str) -> Caller:
     return Caller(tenant_id, subject, claims.get("scope") == SERVICE_SCOPE)
 
 
-def tenant_from_token(settings: Settings, token: str) -> str:
-    """The tenant a valid token names; TokenRejected otherwise."""
-    return caller_from_token(settings, token).tenant_id
-
-
 class EdgeLimits:
     """The per-tenant buckets of one API process: writes (ingest) and reads (queries) apart."""
 
