@@ -205,6 +205,8 @@ def test_git_capture_and_changes_against_a_real_repository(api: httpx.Client, ru
     git("commit", "-q", "-m", "feat: first")
     create(api, "GIT-1", description="Add the greeting")
     api.post("/v1/tasks/GIT-1/start", json={})
+    # The capture's answer names the phase the task read model holds, which follows the start a moment later.
+    eventually(lambda: api.get("/v1/tasks/GIT-1").json().get("phase") == "intake", "the started task projected")
     monkeypatch.setenv("BATON_WORKFLOW_API_URL", runtime.api_url)
     monkeypatch.setenv("BATON_WORKFLOW_TOKEN", issue_token(runtime.settings, "acme"))
     cli = typer.Typer()
