@@ -71,7 +71,7 @@ from streams.publisher import Publisher, producer_options
 from streams.runtime import Runtime
 from streams.settings import Settings, settings_env
 from streams.tenants import load_tenants
-from streams.topics import changelog_topic, ensure_topics, log_end_offsets
+from streams.topics import changelog_topic, ensure_topics, log_end_offsets, topic_partitions
 from streams.whatsapp import sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -515,7 +515,7 @@ async def redundant_writes(settings: Settings, table: str) -> tuple[int, int, in
                                 enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        tps = await topic_partitions(consumer, [topic])
         consumer.assign(tps)
         ends = await log_end_offsets(settings, tps)
         await consumer.seek_to_beginning(*tps)

@@ -7,9 +7,10 @@ import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
+import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from psycopg import AsyncConnection, AsyncCursor
 
@@ -24,10 +25,11 @@ from streams.domains import Domain, domain_of_topic, load_domains, migration_sou
 from streams.liveness import Heartbeat
 from streams.publisher import producer_options
 from streams.settings import Settings
-from streams.topics import changelog_topic, ensure_topics
+from streams.topics import changelog_topic, ensure_topics, topic_partitions
 
 CONSUMER = "projector"
 STAGE = "projector"
+MAX_REASON_CHARS = 1000
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +70,9 @@ async def assigned_consumer(settings: Settings, topics: Sequence[str], client_id
     )
     await consumer.start()
     try:
-        tps = []
-        for topic in topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                raise ProjectionError(f"topic {topic} does not exist")
-            tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
+        tps = await topic_partitions(consumer, topics)
+        if missing := set(topics) - {tp.topic for tp in tps}:
+            raise ProjectionError(f"topic {', '.join(sorted(missing))} does not exist")
         consumer.assign(tps)
     except BaseException:
         await consumer.stop()
@@ -149,42 +148,117 @@ async def run_projector(settings: Settings, stop: asyncio.Event | None = None, o
             await producer.stop()
 
 
+@dataclass(slots=True)
+class _Item:
+    """One consumed record and what it writes: an events row (domain topics) or read-model rows (changelogs)."""
+
+    record: ConsumerRecord
+    event: tuple | None = None
+    rows: list[tuple[ReadModel, tuple]] = field(default_factory=list)
+
+
+# SQLSTATE classes of a value PostgreSQL refuses: data exception (NUL, number or date out of range, bad JSON),
+# integrity constraint violation, program limit exceeded (JSON too deep, a key too large for its index).
+_REFUSED_CLASSES = {"22", "23", "54"}
+
+
+def _is_record_fault(exc: BaseException) -> bool:
+    """Whether a failed write was refused for what a record holds (then retried without it), not for the database."""
+    if isinstance(exc, psycopg.Error):
+        if exc.sqlstate is None:  # refused before it was sent: a value psycopg cannot adapt
+            return isinstance(exc, psycopg.DataError | psycopg.ProgrammingError)
+        return exc.sqlstate[:2] in _REFUSED_CLASSES
+    return isinstance(exc, ValueError | TypeError | OverflowError)
+
+
 async def _project(
     conn: AsyncConnection, producer: AIOKafkaProducer, settings: Settings,
     batch: dict[TopicPartition, list[ConsumerRecord]], changelogs: dict[str, Domain],
 ) -> BatchReport:
-    events: list[tuple] = []
-    rows: dict[ReadModel, list[tuple]] = {}
+    items: list[_Item] = []
     dead: list[tuple[ConsumerRecord, str]] = []
     offsets: dict[tuple[str, int], int] = {}
     for tp, records in batch.items():
         offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
         domain = changelogs.get(tp.topic)
         for record in records:
+            item = _Item(record)  # a dead record stays as an item that writes nothing but its offset
+            items.append(item)
             try:
                 if domain is None:
-                    events.append(event_row(envelope_of(record), tp.topic, tp.partition, record.offset))
+                    item.event = event_row(envelope_of(record), tp.topic, tp.partition, record.offset)
                 elif record.value is not None:  # a tombstone deletes nothing from the history
-                    for model, row in domain.rows_of(_state_of(domain, record)):
-                        rows.setdefault(model, []).append(row)
+                    item.rows = [(model, row) for model, row in domain.rows_of(_state_of(domain, record))]
             except (RecordError, BadRecord) as exc:
                 dead.append((record, str(exc)))
-    if dead:
-        metrics.observe_dead_letters(STAGE, (reason for _, reason in dead))
-        # Dead letters are acknowledged before the offsets that skip their records are committed.
-        futures = [
-            await producer.send(settings.deadletter_topic, key=record.key, value=dead_letter_record(
-                source_topic=record.topic, partition=record.partition, offset=record.offset,
-                key=record.key, value=record.value, reason=reason, stage=STAGE,
-            ))
-            for record, reason in dead
-        ]
-        await asyncio.gather(*futures)
+            except Exception as exc:  # noqa: BLE001 - one state a row function cannot handle stops nothing else
+                item.event, item.rows = None, []
+                dead.append((record, f"project: {_reason(exc)}"))
+    # Dead letters are acknowledged before the offsets that skip their records are committed.
+    await _dead_letter(producer, settings, dead)
+    inserted, upserted, refused = await _write(conn, producer, settings, items)
+    return BatchReport(len(items), inserted, upserted, len(dead) + refused, offsets)
+
+
+async def _write(
+    conn: AsyncConnection, producer: AIOKafkaProducer, settings: Settings, items: list[_Item],
+) -> tuple[int, int, int]:
+    """Write items and their offsets in one transaction; when PostgreSQL refuses a value, halve the items (in log
+    order, so offsets only move forward) until the refused records stand alone, dead-letter each of those and
+    commit its offset after the dead letter is acknowledged. Returns events inserted, rows upserted, dead letters."""
+    try:
+        return (*await _commit(conn, items), 0)
+    except Exception as exc:
+        if not _is_record_fault(exc):
+            raise
+        if len(items) > 1:
+            half = len(items) // 2
+            first = await _write(conn, producer, settings, items[:half])
+            second = await _write(conn, producer, settings, items[half:])
+            return first[0] + second[0], first[1] + second[1], first[2] + second[2]
+        record = items[0].record
+        await _dead_letter(producer, settings, [(record, f"write: {_reason(exc)}")])
+        await _commit(conn, [_Item(record)])
+        return 0, 0, 1
+
+
+async def _commit(conn: AsyncConnection, items: list[_Item]) -> tuple[int, int]:
+    """One transaction: the items' events and rows, and the next offset of each partition they come from."""
+    events = [item.event for item in items if item.event is not None]
+    rows: dict[ReadModel, list[tuple]] = {}
+    offsets: dict[tuple[str, int], int] = {}
+    for item in items:
+        for model, row in item.rows:
+            rows.setdefault(model, []).append(row)
+        offsets[(item.record.topic, item.record.partition)] = item.record.offset + 1
     async with conn.transaction(), conn.cursor() as cur:
         inserted = await write_events(cur, events)
         upserted = sum([await write_rows(cur, model, model_rows) for model, model_rows in rows.items()])
         await write_offsets(cur, offsets)
-    return BatchReport(sum(map(len, batch.values())), inserted, upserted, len(dead), offsets)
+    return inserted, upserted
+
+
+async def _dead_letter(producer: AIOKafkaProducer, settings: Settings,
+                       dead: list[tuple[ConsumerRecord, str]]) -> None:
+    """Publish dead letters and return once the broker has acknowledged every one."""
+    if not dead:
+        return
+    metrics.observe_dead_letters(STAGE, (reason for _, reason in dead))
+    for record, reason in dead:
+        log.warning("dead-lettered %s[%d]:%d: %s", record.topic, record.partition, record.offset, reason)
+    futures = [
+        await producer.send(settings.deadletter_topic, key=record.key, value=dead_letter_record(
+            source_topic=record.topic, partition=record.partition, offset=record.offset,
+            key=record.key, value=record.value, reason=reason, stage=STAGE,
+        ))
+        for record, reason in dead
+    ]
+    await asyncio.gather(*futures)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a one-line dead-letter reason of bounded length."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:MAX_REASON_CHARS]
 
 
 def _state_of(domain: Domain, record: ConsumerRecord) -> object:

@@ -22,7 +22,7 @@ from projections.writers import ReadModel, write_rows
 from projections.writers.events import EVENTS, event_row, write_events
 from streams.domains import domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
-from streams.topics import log_end_offsets
+from streams.topics import log_end_offsets, topic_partitions
 
 LIVE_SCHEMA = "public"
 SHADOW_SCHEMA = "replay_shadow"
@@ -169,8 +169,7 @@ async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Reb
     consumer = await assigned_consumer(settings, list(domains), f"{settings.app_id}-replay")
     try:
         tps = sorted(consumer.assignment())
-        changelog_tps = [TopicPartition(changelog, p) for changelog in state_changelogs(settings)
-                         for p in sorted(consumer.partitions_for_topic(changelog) or ())]
+        changelog_tps = await topic_partitions(consumer, list(state_changelogs(settings)))
         starts = await consumer.beginning_offsets(tps)
         ends = await log_end_offsets(settings, tps + changelog_tps)
         await consumer.seek_to_beginning(*tps)

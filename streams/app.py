@@ -125,6 +125,14 @@ def create_app(settings: Settings) -> faust.App:
         "broker_heartbeat_interval": 1.0,
         "broker_rebalance_timeout": 10.0,
     }
+    kafka = {
+        "producer_linger": 0.005,
+        "producer_acks": -1,
+        # A killed worker's partitions move to a survivor after about 10 s (Faust's default waits 60 s).
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 1.0,
+        "broker_rebalance_timeout": 20.0,
+    }
     app = BatonApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -137,7 +145,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
         table_standby_replicas=0,
         datadir=str(settings.worker_data_dir or settings.data_dir / "worker"),
-        **(embedded if settings.embedded else {"producer_linger": 0.005, "producer_acks": -1}),
+        **(embedded if settings.embedded else kafka),
     )
     app.fetch_wait_ms = settings.fetch_wait_ms
     return app

@@ -11,7 +11,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from streams.settings import Settings
-from streams.topics import log_end_offsets
+from streams.topics import log_end_offsets, topic_partitions
 
 Encoding = Literal["utf-8", "base64"]
 
@@ -77,8 +77,7 @@ async def list_dead_letters(settings: Settings, limit: int = 50) -> list[DeadLet
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(settings.deadletter_topic) or set()
-        tps = [TopicPartition(settings.deadletter_topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, [settings.deadletter_topic])
         if not tps:
             return []
         consumer.assign(tps)
@@ -152,11 +151,13 @@ def letter_id(letter: DeadLetter) -> str:
 async def redrive(settings: Settings, letters: list[DeadLetter]) -> Redrive:
     """Publish the original records of dead letters again, once they hold a valid event for their key.
 
-    A letter whose bytes still fail (a decode error, a key that is not the stream id, a type no longer known) is
-    refused and stays where it is; a re-driven event keeps its id, so a fold that applied it meanwhile skips it.
+    A letter whose bytes still fail (a decode error, a key that is not the stream id, a type no longer known, a
+    value the read models cannot hold) is refused and stays where it is; a re-driven event keeps its id, so a fold
+    that applied it meanwhile skips it.
     Only domain topics are re-driven into: a changelog's records are rebuilt by the worker, not re-sent.
     """
     from agents.batching import BadRecord, Record, envelope_of
+    from schemas import UnstorableEvent, check_storable
     from streams.domains import domain_of_topic
     from streams.publisher import Publisher
 
@@ -168,8 +169,8 @@ async def redrive(settings: Settings, letters: list[DeadLetter]) -> Redrive:
             continue
         try:
             record = Record(letter.source_topic, letter.partition, letter.offset, letter.raw_key(), letter.raw_value())
-            envelopes.append(envelope_of(record))
-        except (BadRecord, DeadLetterError) as exc:
+            envelopes.append(check_storable(envelope_of(record)))
+        except (BadRecord, DeadLetterError, UnstorableEvent) as exc:
             refused.append((letter_id(letter), str(exc)))
             continue
         redriven.append(letter_id(letter))

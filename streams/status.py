@@ -13,13 +13,13 @@ from datetime import datetime
 
 import httpx
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from projections.projector import CONSUMER as PROJECTOR_CONSUMER
 from projections.projector import load_offsets
 from streams.domains import load_domains
 from streams.settings import Settings
-from streams.topics import log_end_offsets
+from streams.topics import log_end_offsets, topic_partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +62,7 @@ async def collect_status(settings: Settings) -> Status:
     await consumer.start()
     try:
         topics = {d.name: settings.topic(d.name) for d in domains}
-        tps = [TopicPartition(topic, p) for topic in [*topics.values(), settings.deadletter_topic]
-               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = await topic_partitions(consumer, [*topics.values(), settings.deadletter_topic])
         ends = await log_end_offsets(settings, tps)
         starts = await consumer.beginning_offsets(tps)
         committed = {tp: await consumer.committed(tp) for tp in tps if tp.topic != settings.deadletter_topic}

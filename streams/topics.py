@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -58,13 +59,42 @@ async def ensure_topics(settings: Settings) -> list[str]:
         for name, code, message in _topic_errors(response):
             if code not in (0, TopicAlreadyExistsError.errno):
                 raise RuntimeError(f"cannot create topic {name}: error {code} {message}")
+        await _wait_until_led(admin, names)
         return names
     finally:
         await admin.close()
 
 
+async def _wait_until_led(admin: AIOKafkaAdminClient, names: list[str], wait_s: float = 30.0) -> None:
+    """Return once every partition of every topic has a leader in the metadata brokers answer with.
+
+    Apache Kafka answers CreateTopics once the controller committed the topic; its brokers learn of it a moment
+    later, and a consumer assigned before then sees no partitions.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        topics = await admin.describe_topics(names)
+        unled = [t["topic"] for t in topics
+                 if t["error_code"] != 0 or not t["partitions"] or any(p["leader"] < 0 for p in t["partitions"])]
+        if not unled:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics without a partition leader after {wait_s:.0f} s: {', '.join(unled)}")
+        await asyncio.sleep(0.1)
+
+
 def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
     return [(err[0], err[1], err[2] if len(err) > 2 else None) for err in response.topic_errors]  # type: ignore[attr-defined]
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of `topics` (none for a topic that does not exist), from fresh cluster metadata.
+
+    A started consumer's own metadata covers only what it subscribed to on Apache Kafka (the embedded broker
+    answers with every topic), so ask the cluster for all of it.
+    """
+    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - what consumer.topics() reads, with partitions
+    return [TopicPartition(topic, p) for topic in topics for p in sorted(cluster.partitions_for_topic(topic) or ())]
 
 
 async def log_end_offsets(settings: Settings, tps: Sequence[TopicPartition], wait_s: float = 10.0) -> dict[TopicPartition, int]:
