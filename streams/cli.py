@@ -56,16 +56,23 @@ def dev(
     port: Annotated[int, typer.Option(help="API port (0: any free port).")] = 8080,
     demo: Annotated[bool, typer.Option(help="Push signed example WhatsApp conversations through the webhook.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes; one consumer group splits the partitions.")] = 1,
+    broker: Annotated[str, typer.Option(
+        help="Broker to start where KAFKA_BOOTSTRAP_SERVERS names none: embedded (in memory, only Python needed) or"
+             " kafka (local Apache Kafka, needs java and mvn; its log is kept in the data directory).")] = "embedded",
 ) -> None:
     """Run broker, PostgreSQL, workers, projector and API on this machine (embedded unless configured), supervised."""
     from streams.auth import issue_token
-    from streams.runtime import Runtime, RuntimeFailure
+    from streams.local_kafka import LocalKafkaError
+    from streams.runtime import BROKERS, Runtime, RuntimeFailure
 
-    runtime = Runtime(get_settings().model_copy(update={"api_port": port}), workers=workers)
+    if broker not in BROKERS:
+        err_console.print(f"--broker {broker!r}: expected one of {', '.join(BROKERS)}", style="red", markup=False)
+        raise typer.Exit(2)
+    runtime = Runtime(get_settings().model_copy(update={"api_port": port}), workers=workers, local_broker=broker)
     # SIGTERM stops like Ctrl-C, also while starting; children die with this process in any case.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with console.status("Starting broker, PostgreSQL, worker, projector and API…"):
+        with console.status(f"Starting broker ({broker}), PostgreSQL, worker, projector and API…"):
             runtime.start()
         settings = runtime.settings
         tenants = _tenants(settings)
@@ -101,7 +108,7 @@ def dev(
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    except RuntimeFailure as exc:
+    except (RuntimeFailure, LocalKafkaError) as exc:
         err_console.print(f"{exc}; stopping.", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     finally:

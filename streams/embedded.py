@@ -241,6 +241,13 @@ class EmbeddedPostgres:
         assert self.info is not None, "start() first"
         return self.info.get_uri(database=database)  # type: ignore[attr-defined]
 
+    def database(self, name: str) -> str:
+        """The URL of a database, created when it does not exist yet."""
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
     def fresh_database(self, name: str) -> str:
         """Drop and recreate a database and return its URL."""
         with psycopg.connect(self.url(), autocommit=True) as conn:

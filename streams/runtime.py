@@ -24,9 +24,11 @@ from streams.embedded import (
     die_with_parent,
     free_port,
 )
+from streams.local_kafka import LocalKafka
 from streams.settings import Settings, settings_env
 
 ROLES = ("worker", "projector", "api")
+BROKERS = ("embedded", "kafka")  # what `baton dev --broker` starts where KAFKA_BOOTSTRAP_SERVERS names none
 EXIT_ADDRESS_IN_USE = 75  # `baton api` exits with this code when its port is taken (EX_TEMPFAIL)
 
 
@@ -61,7 +63,8 @@ class Runtime:
 
     settings: Settings
     workers: int = 1
-    broker: EmbeddedBroker | None = None
+    local_broker: str = "embedded"  # one of BROKERS, started when the settings name no broker
+    broker: EmbeddedBroker | LocalKafka | None = None
     postgres: EmbeddedPostgres | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -83,6 +86,8 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.local_broker not in BROKERS:
+            raise ValueError(f"broker {self.local_broker!r}: expected one of {', '.join(BROKERS)}")
         if self.settings.api_port == 0:
             self._api_port_auto = True
             self.settings = self.settings.model_copy(update={"api_port": free_port()})
@@ -105,16 +110,22 @@ class Runtime:
         return f"http://{self.settings.api_host}:{self.settings.api_port}"
 
     def start_services(self) -> Settings:
-        """Start the embedded broker and PostgreSQL where the settings name none."""
+        """Start a broker (embedded, or local Apache Kafka) and embedded PostgreSQL where the settings name none."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         updates: dict[str, object] = {}
-        if not self.settings.kafka_bootstrap_servers:
+        if not self.settings.kafka_bootstrap_servers and self.local_broker == "kafka":
+            # The log lives on disk under the data directory and outlives this run, so do the read models.
+            self.broker = LocalKafka(self.settings.data_dir / "kafka").start()
+            updates |= {"kafka_bootstrap_servers": self.broker.bootstrap_servers, "broker_profile": "kafka",
+                        "env": self.settings.env or "development"}
+        elif not self.settings.kafka_bootstrap_servers:
             self.broker = EmbeddedBroker().start(self.log_path("broker"))
             updates |= {"kafka_bootstrap_servers": self.broker.bootstrap_servers, "broker_profile": "embedded"}
         if not self.settings.database_url:
             self.postgres = EmbeddedPostgres(self.settings.data_dir / "pgdata").start()
-            # Read models derive from the log; a new in-memory broker means an empty log.
-            updates["database_url"] = self.postgres.fresh_database("baton")
+            # Read models derive from the log: a new in-memory broker means an empty log and an empty database.
+            updates["database_url"] = (self.postgres.database("baton") if isinstance(self.broker, LocalKafka)
+                                       else self.postgres.fresh_database("baton"))
         self.settings = self.settings.model_copy(update=updates)
         self._write_state()
         return self.settings
@@ -190,6 +201,9 @@ class Runtime:
                 raise RuntimeFailure(f"{role} exited with code {process.returncode}{hint}; see {self.log_path(role)}")
 
     def _check_services(self) -> None:
+        if isinstance(self.broker, LocalKafka) and not self.broker.alive():
+            raise RuntimeFailure(f"local Apache Kafka exited; its log is kept in {self.broker.root};"
+                                 f" see {self.broker.nodes[0].log}")
         if self.broker and not self.broker.alive():
             raise RuntimeFailure(f"the embedded broker exited with code {self.broker.process.returncode} and its"  # type: ignore[union-attr]
                                  f" in-memory log is gone; see {self.log_path('broker')}")
@@ -244,7 +258,9 @@ class Runtime:
     def pids(self) -> dict[str, int]:
         """Process ids of the supervisor, the embedded services and every running role."""
         pids = {"supervisor": os.getpid()}
-        if self.broker and self.broker.pid:
+        if isinstance(self.broker, LocalKafka):
+            pids |= {f"kafka-{node}": pid for node, pid in self.broker.pids.items()}
+        elif self.broker and self.broker.pid:
             pids["broker"] = self.broker.pid
         if self.postgres and self.postgres.pid:
             pids["postgres"] = self.postgres.pid
@@ -283,13 +299,13 @@ class Runtime:
         for name in ("runtime.json", "pids.json"):
             (self.settings.data_dir / name).unlink(missing_ok=True)
         # Both services are signalled before either is waited for.
-        if self.broker and self.broker.alive():
+        if isinstance(self.broker, EmbeddedBroker) and self.broker.alive():
             self.broker.process.terminate()  # type: ignore[union-attr]
         if self.postgres and self.postgres.alive() and self.postgres.process:
             with contextlib.suppress(ProcessLookupError):
                 self.postgres.process.send_signal(signal.SIGINT)
         if self.broker:
-            self.broker.stop(grace_s=2.0)
+            self.broker.stop(grace_s=3.0)
         if self.postgres:
             self.postgres.stop(grace_s=2.0)
 

@@ -28,7 +28,7 @@ def require_secure(settings: Settings) -> None:
     if settings.production and (problems := settings.insecure_secrets()):
         raise InsecureSettings(
             "refusing to start outside development (broker profile "
-            f"{settings.broker_profile!r}, BATON_ENV={settings.env}): " + "; ".join(problems)
+            f"{settings.broker_profile!r}, BATON_ENV={settings.env or 'unset'}): " + "; ".join(problems)
             + f". Generate each secret with: {GENERATE_SECRET}"
         )
 
@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1)
     topic_replication: int = Field(1, ge=1)
 
-    env: Literal["development", "production"] = "development"
+    # Unset: production on any broker but the embedded one. `baton dev --broker kafka` says development.
+    env: Literal["development", "production"] | None = None
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
     # Rotation: comma-separated; the first signs, any verifies (replaces jwt_secret when set).
     jwt_secrets: SecretStr | None = None
@@ -85,6 +86,12 @@ class Settings(BaseSettings):
     whatsapp_access_token: SecretStr | None = None
     whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
     whatsapp_timeout_s: float = Field(10.0, gt=0)
+    # The reply sender: requests in flight per business number (phone_number_id), attempts per reply for failures
+    # that cannot have sent it (no connection, 429, throttling codes), first backoff and the longest single wait.
+    whatsapp_max_concurrent_per_number: int = Field(10, ge=1)
+    whatsapp_max_attempts: int = Field(4, ge=1)
+    whatsapp_retry_base_s: float = Field(0.5, gt=0)
+    whatsapp_retry_max_s: float = Field(30.0, gt=0)
     tenants_file: Path = Path(__file__).resolve().parent.parent / "examples" / "tenants.toml"
 
     # Model name (or prefix, for dated ids) -> prices; JSON in BATON_LLM_PRICES replaces the whole table.
@@ -129,8 +136,9 @@ class Settings(BaseSettings):
 
     @property
     def production(self) -> bool:
-        """True outside development: any broker but the embedded one, or BATON_ENV=production."""
-        return self.env == "production" or not self.embedded
+        """True outside development: BATON_ENV=production, or any broker but the embedded one unless
+        BATON_ENV=development."""
+        return self.env == "production" or (self.env is None and not self.embedded)
 
     @property
     def jwt_keys(self) -> list[str]:

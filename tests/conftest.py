@@ -1,4 +1,5 @@
-"""Shared fixtures: the broker and PostgreSQL the environment names, else Docker's (testcontainers), else embedded."""
+"""Shared fixtures: the broker and PostgreSQL the environment names, else local Apache Kafka (BATON_TEST_BROKER=kafka),
+else Docker's (testcontainers), else embedded."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
 from streams.embedded import EmbeddedBroker, EmbeddedPostgres
+from streams.local_kafka import LocalKafka, LocalKafkaError, classpath, find_java
 from streams.settings import Settings
 from tests.backends import KAFKA_IMAGE, POSTGRES_IMAGE, Backends, choose
 
@@ -42,6 +44,20 @@ def backends() -> Backends:
     return choose(os.environ, _docker_unavailable)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The Apache Kafka lane needs java and the broker's jars: without them it is skipped with one line saying why,
+    or fails when BATON_REQUIRE_KAFKA is set (as in CI)."""
+    if backends().broker != "local-kafka":
+        return
+    try:
+        find_java()
+        classpath()
+    except LocalKafkaError as exc:
+        if os.environ.get("BATON_REQUIRE_KAFKA", "").strip().lower() not in ("", "0", "false", "no", "off"):
+            pytest.exit(f"the Apache Kafka lane is required (BATON_REQUIRE_KAFKA) but cannot run: {exc}", returncode=1)
+        pytest.exit(f"Apache Kafka lane skipped: {exc}", returncode=0)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Say which backends and broker profile the selected integration tests run on (shown with -q too)."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -51,10 +67,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Kafka-protocol broker: KAFKA_BOOTSTRAP_SERVERS, else Apache Kafka in Docker, else an embedded Tansu."""
+    """A Kafka-protocol broker: KAFKA_BOOTSTRAP_SERVERS, else local Apache Kafka, else Apache Kafka in Docker,
+    else an embedded Tansu."""
     source = backends().broker
     if source == "environment":
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    if source == "local-kafka":
+        with LocalKafka(tmp_path_factory.mktemp("kafka")).start() as kafka:
+            yield kafka.bootstrap_servers
         return
     if source == "testcontainers":
         from testcontainers.community.kafka import KafkaContainer

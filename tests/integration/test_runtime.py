@@ -65,8 +65,9 @@ class Dev:
 
 
 @contextmanager
-def running_dev(tmp_path: Path, **env_overrides: str) -> Iterator[Dev]:
-    """`baton dev` with its own embedded broker and PostgreSQL, as a user runs it (plus env_overrides)."""
+def running_dev(tmp_path: Path, broker: str = "embedded", **env_overrides: str) -> Iterator[Dev]:
+    """`baton dev --broker B` with its own broker and embedded PostgreSQL, as a user runs it (plus env_overrides);
+    a second call on the same tmp_path runs it again on the same data directory."""
     data_dir = tmp_path / "baton"
     run = uuid.uuid4().hex[:8]
     settings = Settings(app_id=f"baton-dev-{run}", topic_prefix=f"dev-{run}.", topic_partitions=2, data_dir=data_dir)
@@ -75,14 +76,15 @@ def running_dev(tmp_path: Path, **env_overrides: str) -> Iterator[Dev]:
         env.pop(name, None)
     console = tmp_path / "dev.out"
     with console.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "streams.cli", "dev", "--port", "0"],
+        process = subprocess.Popen([sys.executable, "-m", "streams.cli", "dev", "--port", "0", "--broker", broker],
                                    env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     running = Dev(process, data_dir, console)
     try:
         eventually(lambda: process.poll() is not None or "Press Ctrl-C to stop." in running.output(),
                    "baton dev started", within_s=120)
         assert process.poll() is None, running.output()
-        assert {"broker", "postgres", "worker", "projector", "api"} <= set(running.children()), running.pids()
+        broker_process = "kafka-1" if broker == "kafka" else "broker"
+        assert {broker_process, "postgres", "worker", "projector", "api"} <= set(running.children()), running.pids()
         yield running
     finally:
         if process.poll() is None:

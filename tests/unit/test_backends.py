@@ -87,3 +87,17 @@ def test_topics_on_apache_kafka_keep_the_log_and_compact_changelogs():
     assert configs["baton.deadletter"] == {"retention.ms": "-1", "retention.bytes": "-1"}
     assert configs["baton-sessions-changelog"] == {"cleanup.policy": "compact"}
     assert all(topic_configs(embedded, name) == {} for name in all_topics(embedded))
+
+
+def test_the_kafka_lane_starts_local_apache_kafka_and_names_its_version() -> None:
+    from streams.local_kafka import KAFKA_VERSION
+
+    chosen = choose({"BATON_TEST_BROKER": "kafka"}, unreachable)
+    assert (chosen.broker, chosen.postgres, chosen.profile) == ("local-kafka", "embedded", "kafka")
+    assert f"broker Apache Kafka {KAFKA_VERSION} (KRaft, started by the tests)" in chosen.describe()
+    assert choose({"BATON_TEST_BROKER": "kafka", **KAFKA}, unreachable).broker == "environment"
+
+
+def test_an_unknown_test_broker_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="BATON_TEST_BROKER='redpanda': expected one of embedded, kafka"):
+        choose({"BATON_TEST_BROKER": "redpanda"}, unreachable)
