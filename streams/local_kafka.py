@@ -246,7 +246,7 @@ class LocalKafka:
     def _format(self, java: str, jars: str) -> None:
         formats = [
             (node, subprocess.Popen(
-                self._java(java, jars, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                self._java(java, jars, "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
                            "-c", str(node.config), "--ignore-formatted", heap=("-Xmx256m", "-XX:TieredStopAtLevel=1")),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                 preexec_fn=die_with_parent()))  # noqa: PLW1509 - only calls prctl, resolved beforehand

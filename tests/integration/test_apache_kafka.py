@@ -179,8 +179,8 @@ async def readable_records(settings: Settings, topic: str) -> tuple[int, int]:
         consumer.assign(tps)
         ends = await log_end_offsets(settings, tps)
         await consumer.seek_to_beginning(*tps)
-        count = 0
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        count, deadline = 0, time.monotonic() + 60
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]] and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             count += sum(len(records) for records in batch.values())
         return count, sum(ends.values())
