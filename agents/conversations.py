@@ -27,7 +27,7 @@ def conversation_folder(settings: Settings) -> Folder:
 def build_effects(settings: Settings) -> Effects:
     """Effect worker dependencies chosen by settings: LLM classifier and WhatsApp sender when configured."""
     from agents.classifier import AnthropicClassifier
-    from agents.senders import LogSender, WhatsAppSender
+    from agents.senders import LogSender, whatsapp_sender
 
     classifier = None
     if settings.anthropic_api_key:
@@ -39,12 +39,5 @@ def build_effects(settings: Settings) -> Effects:
             input_usd_per_mtok=settings.classifier_input_usd_per_mtok,
             output_usd_per_mtok=settings.classifier_output_usd_per_mtok,
         )
-    if settings.whatsapp_access_token:
-        sender = WhatsAppSender(
-            access_token=settings.whatsapp_access_token.get_secret_value(),
-            api_base=settings.whatsapp_api_base,
-            timeout_s=settings.whatsapp_timeout_s,
-        )
-    else:
-        sender = LogSender()
+    sender = whatsapp_sender(settings) if settings.whatsapp_access_token else LogSender()
     return Effects(tenants=load_tenants(settings.tenants_file), sender=sender, classifier=classifier)

@@ -17,7 +17,7 @@ from agents.responders import (
     ticket_id_for,
 )
 from agents.routing import route_by_rules
-from agents.senders import Sender, SendError
+from agents.senders import Sender, SendError, SendOutcomeUnknown
 from schemas import Envelope, emitted
 from schemas.conversations import (
     MessageRouted,
@@ -138,6 +138,8 @@ class Effects:
             return self._send_result(envelope, request, reason=f"unknown tenant {envelope.tenant_id!r}")
         try:
             message_id = await self.sender.send(tenant, request.contact, request.text, envelope.event_id)
+        except SendOutcomeUnknown as exc:  # the request was written and its answer lost: it may have been sent
+            return self._send_result(envelope, request, reason=f"{exc.reason[:480]}; not retried")
         except SendError as exc:
             return self._send_result(envelope, request, reason=exc.reason[:500])
         return self._send_result(envelope, request, message_id=message_id)

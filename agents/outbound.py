@@ -254,20 +254,19 @@ class OutboundEffects:
         try:
             message_id = await self.sender.send(tenant, request.contact, text, envelope.event_id)
         except SendError as exc:
-            return SendFailed(**common, reason=exc.reason[:500], retryable=_retryable(exc.reason))
+            # A send whose answer was lost may have reached the user: never sent again.
+            retryable = not exc.outcome_unknown and _retryable(exc.reason)
+            return SendFailed(**common, reason=exc.reason[:500], retryable=retryable)
         return MessageSent(**common, whatsapp_message_id=message_id)
 
 
 def build_effects(settings: Settings) -> OutboundEffects:
     """The effect worker with the conversation sender (WhatsApp when configured) and the LLM client when configured."""
     from agents.llm import llm_client
-    from agents.senders import LogSender, WhatsAppSender
+    from agents.senders import LogSender, whatsapp_sender
     from streams.tenants import load_tenants
 
-    sender: Sender = LogSender()
-    if settings.whatsapp_access_token:
-        sender = WhatsAppSender(access_token=settings.whatsapp_access_token.get_secret_value(),
-                                api_base=settings.whatsapp_api_base, timeout_s=settings.whatsapp_timeout_s)
+    sender: Sender = whatsapp_sender(settings) if settings.whatsapp_access_token else LogSender()
     return OutboundEffects(load_tenants(settings.tenants_file), sender, llm_client(settings), OutboundSettings())
 
 

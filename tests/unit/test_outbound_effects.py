@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from agents.folds.outbound import OutboundConfig
 from agents.llm import LlmClient
 from agents.outbound import OutboundEffects, OutboundSettings, due_ticks, render_template, simulate
-from agents.senders import SendError
+from agents.senders import SendError, SendOutcomeUnknown
 from schemas import Envelope, decode, encode, new_event
 from schemas.outbound import MessageData, MessageQueued, PreferencesUpdated, QuietHours, SendRequested
 from streams.auth import issue_token
@@ -29,13 +29,14 @@ QUEUED = datetime(2026, 6, 1, 23, 0, tzinfo=UTC)
 class FakeSender:
     name = "fake"
 
-    def __init__(self, failures: list[str] | None = None) -> None:
+    def __init__(self, failures: list[str | SendError] | None = None) -> None:
         self.sent: list[tuple[str, str]] = []
         self.failures = failures or []
 
     async def send(self, tenant, contact: str, text: str, reply_event_id: uuid.UUID) -> str:
         if self.failures:
-            raise SendError(self.failures.pop(0))
+            failure = self.failures.pop(0)
+            raise failure if isinstance(failure, SendError) else SendError(failure)
         self.sent.append((contact, text))
         return f"wamid.{len(self.sent)}"
 
@@ -90,6 +91,13 @@ async def test_failures_are_retryable_except_client_errors() -> None:
     events = await effects(FakeSender()).run(request(contact=None))
     assert [e.payload.reason for e in events if e.type == "outbound.send.failed"] == [
         "the user has no contact in their preferences"]
+
+
+async def test_a_send_whose_answer_was_lost_is_never_retried() -> None:
+    lost = SendOutcomeUnknown("whatsapp request outcome unknown: ReadError after the request was written")
+    events = await effects(FakeSender([lost])).run(request())
+    assert [(e.payload.retryable, e.payload.reason) for e in events if e.type == "outbound.send.failed"] == [
+        (False, lost.reason)]
 
 
 async def test_an_interrupted_send_is_reported_failed_with_the_result_id() -> None:
