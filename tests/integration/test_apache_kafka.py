@@ -7,6 +7,7 @@ streams.local_kafka: three nodes, replication factor 3, min.insync.replicas 2, p
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from streams.topics import changelog_topic, log_end_offsets, topic_partitions
 from tests.conftest import backends, fresh_database, settings_for
 from tests.integration.conftest import eventually
 from tests.integration.test_external_effects import FakeApis
-from tests.integration.test_runtime import running_dev
+from tests.integration.test_runtime import alive, running_dev
 
 pytestmark = pytest.mark.skipif(backends().broker != "local-kafka",
                                 reason="runs in the Apache Kafka lane (BATON_TEST_BROKER=kafka)")
@@ -284,3 +285,19 @@ def test_a_node_that_does_not_come_up_in_time_is_an_error_and_is_stopped(tmp_pat
     with pytest.raises(LocalKafkaError, match=r"did not answer metadata within 0 s; see .*server\.log"):
         kafka.start(wait_s=0.0)
     assert kafka.nodes and not any(node.alive() for node in kafka.nodes)
+
+
+def test_every_kafka_jvm_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    script = ("import json, sys, time; from pathlib import Path; from streams.local_kafka import LocalKafka; "
+              f"kafka = LocalKafka(Path({str(tmp_path / 'orphans')!r}), size=2).start(); "
+              "print(json.dumps(list(kafka.pids.values())), flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(parent.stdout.readline())  # type: ignore[union-attr]
+        assert len(pids) == 2 and all(alive(pid) for pid in pids)
+        parent.kill()  # SIGKILL: the parent gets no chance to stop anything
+        parent.wait(10)
+        eventually(lambda: not any(alive(pid) for pid in pids), "both JVMs gone after their parent's SIGKILL",
+                   within_s=30)
+    finally:
+        parent.kill()
