@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -19,8 +20,10 @@ from streams.deadletter import dead_letter_record
 from streams.domains import Domain
 from streams.publisher import producer_options
 from streams.settings import Settings
+from streams.topics import key_partition, misplaced
 
 LEDGER_SIZE = 512
+log_ = logging.getLogger(__name__)
 _ledger_decoder = msgspec.json.Decoder(list[str])
 _logs: dict[int, _Log] = {}  # one per app, shared by its agents
 
@@ -47,13 +50,22 @@ class _Log:
                 self._producer = producer
         return self._producer
 
-    async def send_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
+    async def send_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+                       partition: Callable[[bytes | None], int | None] = lambda _key: None) -> None:
         records = list(records)
         if not records:
             return
         producer = await self.producer()
-        futures = [await producer.send(topic, value, key=key) for key, value in records]
+        futures = [await producer.send(topic, value, key=key, partition=partition(key)) for key, value in records]
         await asyncio.gather(*futures)
+
+    async def forward(self, records: Sequence[Record], partitions: int) -> None:
+        """Send records, unchanged, to the partition their key belongs on, and wait until the broker has them."""
+        by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
+        for record in records:
+            by_topic.setdefault(record.topic, []).append((record.key, record.value or b""))
+        await asyncio.gather(*(self.send_all(topic, pairs, lambda key: key_partition(key, partitions))
+                               for topic, pairs in by_topic.items()))
 
     async def publish(self, envelopes: Sequence[Envelope]) -> None:
         metrics.observe_llm_calls(envelopes)
@@ -71,6 +83,20 @@ class _Log:
                 key=record.key, value=record.value, reason=reason, stage=stage))
             for record, reason in dead
         ))
+
+
+class _Actor(msgspec.Struct):
+    actor: str | None = None
+
+
+_actor_decoder = msgspec.json.Decoder(_Actor)
+
+
+def _actor(record: Record) -> str:
+    try:
+        return _actor_decoder.decode(record.value or b"").actor or "unknown"
+    except msgspec.DecodeError:
+        return "undecodable"
 
 
 def register_domain(app: faust.App, settings: Settings, domain: Domain,
@@ -130,6 +156,8 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
     async def fold_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
             records = [_record(e) for e in events]
+            if wrong := [r for r in records if misplaced(r, settings.topic_partitions)]:
+                records = await reroute(records, wrong)
             result = fold_batch(records, load_state, folder, unwritten)
             # Emissions are acknowledged before the state that includes them is written, so a
             # crash in between re-emits the same ids (deduplicated downstream) instead of losing them.
@@ -146,6 +174,20 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
             if on_fold is not None:
                 on_fold(len(events))
 
+    async def reroute(records: list[Record], wrong: list[Record]) -> list[Record]:
+        # Per-key order and a single writer per state hold only on the key's own partition: a record elsewhere
+        # is forwarded there (same bytes, same event id) before this batch is acknowledged, and folded there,
+        # in order with the key's other events; a redelivery of it is an applied id the fold skips.
+        await log.forward(wrong, settings.topic_partitions)
+        actors: dict[str, int] = {}
+        for record in wrong:
+            actor = _actor(record)
+            actors[actor] = actors.get(actor, 0) + 1
+            metrics.REROUTED.labels(domain.name, actor).inc()
+        log_.warning("re-routed %d %s record(s) found on partitions their keys do not belong to, by producer: %s",
+                     len(wrong), domain.name, ", ".join(f"{actor} ({n})" for actor, n in sorted(actors.items())))
+        return [r for r in records if not misplaced(r, settings.topic_partitions)]
+
     if domain.effects is not None:
         _register_effects(app, settings, domain, topic, log)
 
@@ -159,6 +201,8 @@ def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic:
         async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
             requests: dict[uuid.UUID, tuple[Record, Envelope]] = {}
             for record, envelope in (_effect_request(e, effects.effect_types) for e in events):
+                if misplaced(record, settings.topic_partitions):
+                    continue  # the fold agent forwards it to its key's partition: it runs from there
                 # A record redelivered within one batch is one request: its send must not look interrupted.
                 if envelope is not None and envelope.event_id not in requests:
                     requests[envelope.event_id] = (record, envelope)

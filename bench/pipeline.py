@@ -1,8 +1,15 @@
-"""End-to-end figures on the embedded broker and PostgreSQL, in one run, beside the Redis-lock peer.
+"""End-to-end figures on the embedded broker and on local Apache Kafka, in one run, beside the Redis-lock peer.
 
-    .venv/bin/python -m bench.pipeline [--events N] [--rate 500 | --rates 100,500] [--seconds 20]
-        [--workers 1,2] [--latency-workers N] [--peer/--no-peer] [--peer-runs 1] [--profile py-spy|cprofile]
-        [--skip ingest,latency,fold,baselines,peer]
+    .venv/bin/python -m bench.pipeline [--brokers embedded,kafka] [--events N] [--rate 500 | --rates 100,500]
+        [--seconds 20] [--workers 1,2] [--latency-workers N] [--peer/--no-peer] [--peer-runs 1]
+        [--profile py-spy|cprofile] [--skip ingest,latency,fold,baselines,peer]
+
+Parts 1-4 run once per broker of --brokers (default both), one broker after the other, with the same workload
+and the same embedded PostgreSQL: `embedded` is the Tansu broker (streams/embedded.py); `kafka` is one node of
+local Apache Kafka (streams/local_kafka.py) with Kafka's own server heap and GC flags (SERVER_JVM), Baton on it
+with broker_profile "kafka" and env "development" (the dev secrets, as `baton dev --broker kafka`). Where Kafka
+cannot start (no java or mvn, Maven Central unreachable…) one line says the kafka broker was skipped and why,
+and the rest goes on.
 
 1. ingest → projection: N conversation.message.received events through POST /v1/events (batches of
    500) until sum(messages_received) = N in PostgreSQL, and until sum(replies_sent) = N; once per worker
@@ -15,19 +22,20 @@
 3. the real worker's fold rate (fold + effects agents, bench/fold_worker.py) over N pre-loaded records;
 4. the naive Faust agent and the bare stream iteration (bench/faust_baselines.py) over the same records;
 5. the Redis-lock peer (../shared/peers/redis_locks_peer.py, run where it lies, never copied) over the same
-   N messages and contacts as (1), after Baton's services have stopped, when Redis (127.0.0.1:6379) and
-   PostgreSQL (127.0.0.1:5432, database `test`, user postgres) answer; otherwise one line says it was
-   skipped. Its Python is a venv made once at .bench-peer-venv (redis[hiredis], psycopg[binary], psutil,
+   N messages and contacts as (1), once, after Baton's services have stopped, when Redis (127.0.0.1:6379) and
+   PostgreSQL (127.0.0.1:5432, database `test`, user postgres) answer (../shared/peers/services.sh starts
+   them); otherwise one line says it was skipped. Its Python is a venv made once at .bench-peer-venv (redis[hiredis], psycopg[binary], psutil,
    uvloop, orjson from PyPI). --no-peer or --skip peer leaves it out.
 
-Everything Baton runs is on one embedded Tansu broker and one embedded PostgreSQL started here; every
-request goes to 127.0.0.1 and every loop is bounded in count and time. The worker(s) and API are the real
-`baton` roles; the projector runs as bench/projector_probe.py (the real projector, batches timed).
-Also printed: log records per inbound message, CPU per component (from /proc; worker-1..worker-N each by
-pid, children included), with --profile py-spy the worker(s), projector and API sampled during (1) and the
-fold worker during (3); at the end one table of Baton (per worker count) against the peer: answered
-messages/s, CPU ms per answered message (all of each system's processes), log records and broker CPU per
-answered message, Baton ÷ peer; where the CPU goes per component; and issue 5's aims beside the figures.
+Everything Baton runs is on the brokers and the one embedded PostgreSQL started here; every request goes to
+127.0.0.1 and every loop is bounded in count and time. The worker(s) and API are the real `baton` roles; the
+projector runs as bench/projector_probe.py (the real projector, batches timed).
+Also printed, per broker: log records per inbound message, CPU per component (from /proc; worker-1..worker-N
+each by pid, children included; the broker as "broker (tansu)" or "broker (kafka)", the JVM by pid), with
+--profile py-spy the worker(s), projector and API sampled during (1) and the fold worker during (3); at the
+end one table of Baton (one row per broker and worker count) against the peer: answered messages/s, CPU ms
+per answered message (all of each system's processes), log records and broker CPU per answered message,
+Baton ÷ peer; where the CPU goes per component; and issue 5's aims beside the figures, per broker.
 
 Experiments (not the defaults): BATON_FETCH_WAIT_MS and other settings in the environment,
 BENCH_GC=default (the fold worker in (3) without the worker's GC tuning),
@@ -50,6 +58,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,6 +76,7 @@ from schemas.conversations import MessageReceived, conversation_stream_id
 from streams.auth import issue_token
 from streams.demo import message_delivery
 from streams.embedded import EmbeddedBroker, EmbeddedPostgres, child_env, free_port
+from streams.local_kafka import KAFKA_VERSION, SERVER_JVM, LocalKafka, LocalKafkaError
 from streams.publisher import Publisher, producer_options
 from streams.runtime import Runtime
 from streams.settings import Settings, settings_env
@@ -78,6 +88,57 @@ ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ("hola, ¿horario?", "¿cuánto cuesta el té matcha?", "no funciona mi cafetera")
 TENANT = "acme"
 console = Console(width=150)
+
+
+# ---------------------------------------------------------------- brokers
+
+BROKERS = {"embedded": "Tansu", "kafka": "Kafka"}  # --brokers (the settings' broker_profile) → name in the tables
+
+
+@dataclass
+class BenchBroker:
+    """One broker the per-broker parts (1-4) run on: the embedded Tansu, or one node of local Apache Kafka with
+    Kafka's own server JVM flags (SERVER_JVM)."""
+
+    profile: str  # "embedded" or "kafka", the settings' broker_profile
+    bootstrap_servers: str
+    pids: set[int]  # the processes whose CPU is the broker's
+    stop: Callable[[], None]
+
+    @property
+    def name(self) -> str:
+        return BROKERS[self.profile]
+
+    @property
+    def title(self) -> str:
+        return "embedded Tansu" if self.profile == "embedded" else f"Apache Kafka {KAFKA_VERSION} (1 node, SERVER_JVM)"
+
+    @property
+    def component(self) -> str:
+        """Its CpuMeter group."""
+        return broker_component(self.name)
+
+    def settings(self) -> dict[str, object]:
+        """Baton's settings for this broker. Any broker but the embedded one counts as production, which refuses
+        the development secrets: on Kafka env is development, as `baton dev --broker kafka` runs."""
+        if self.profile == "embedded":
+            return {"kafka_bootstrap_servers": self.bootstrap_servers, "broker_profile": "embedded"}
+        return {"kafka_bootstrap_servers": self.bootstrap_servers, "broker_profile": "kafka", "env": "development"}
+
+    @classmethod
+    def start(cls, profile: str, directory: Path) -> BenchBroker:
+        """Start it with its log (Tansu) or its nodes' directory (Kafka) under directory; LocalKafkaError when
+        local Apache Kafka cannot run here (java or mvn missing, registry unreachable…)."""
+        if profile == "embedded":
+            tansu = EmbeddedBroker().start(directory / "broker.log")
+            return cls(profile, tansu.bootstrap_servers, {tansu.process.pid}, tansu.stop)
+        kafka = LocalKafka(directory / "kafka", jvm_options=SERVER_JVM).start()
+        return cls(profile, kafka.bootstrap_servers, set(kafka.pids.values()), kafka.stop)
+
+
+def broker_component(name: str) -> str:
+    """The CPU component of a broker: "broker (tansu)" or "broker (kafka)"."""
+    return f"broker ({name.lower()})"
 
 
 # ---------------------------------------------------------------- CPU accounting (/proc)
@@ -112,13 +173,13 @@ def _machine_busy() -> float:
 class CpuMeter:
     """CPU seconds per component of this bench between start() and stop(), and the rest of the machine's.
 
-    Only this bench's processes count: its own descendants (children by role), its broker, and its
-    PostgreSQL (the postmaster daemonizes, so it is found by pid with its children). Processes that exit
-    before stop() are not counted.
+    Only this bench's processes count: its own descendants (children by role), its broker (the Tansu process
+    or the Kafka JVM(s), named by broker.component), and its PostgreSQL (the postmaster daemonizes, so it is
+    found by pid with its children). Processes that exit before stop() are not counted.
     """
 
-    def __init__(self, roles: dict[int, str], broker_pid: int, postmaster_pid: int) -> None:
-        self.roles, self.broker_pid, self.postmaster_pid = roles, broker_pid, postmaster_pid
+    def __init__(self, roles: dict[int, str], broker: BenchBroker, postmaster_pid: int) -> None:
+        self.roles, self.broker, self.postmaster_pid = roles, broker, postmaster_pid
         self.before: dict[int, tuple[str, int, float]] = {}
         self.wall = self.busy = 0.0
 
@@ -136,8 +197,8 @@ class CpuMeter:
             return None
         if pid == os.getpid():
             return "bench (load + probes)"
-        if pid == self.broker_pid:
-            return "broker (tansu)"
+        if pid in self.broker.pids:
+            return self.broker.component
         for ancestor in ancestors:
             if ancestor in self.roles:
                 return self.roles[ancestor]
@@ -339,6 +400,7 @@ class LatencyResult:
     get_errors: int = 0
     max_inflight: int = 0
     workers: int = 1
+    broker: str = ""
 
 
 class Limiter:
@@ -357,7 +419,7 @@ class Limiter:
 
 async def latency(runtime: Runtime, token: str, per_s: int, seconds: float, contacts: int, run: str,
                   get_budget: int = 200, sampled_per_s: int = 50, drain_s: float = 20.0,
-                  max_inflight: int = 64, prefix: str = "3469", workers: int = 1) -> LatencyResult:
+                  max_inflight: int = 64, prefix: str = "3469", workers: int = 1, broker: str = "") -> LatencyResult:
     """Open loop: delivery i is due at start + i/per_s whatever happened to earlier ones, and its latency
     counts from then. At most max_inflight POSTs are open at once; a due delivery waits its turn in a FIFO
     (that wait is part of its latency). Everything stops drain_s after the last delivery was due.
@@ -492,7 +554,8 @@ async def latency(runtime: Runtime, token: str, per_s: int, seconds: float, cont
         drained = time.perf_counter() - drain_start
 
     return LatencyResult(deliveries, per_s, seconds, send_s, late, contacts, sample_every, counters["gets"],
-                         get_budget, counters["sql"], drained, counters["get_errors"], max_inflight, workers)
+                         get_budget, counters["sql"], drained, counters["get_errors"], max_inflight, workers,
+                         broker)
 
 
 # ---------------------------------------------------------------- 3 + 4. fold rate and baselines
@@ -912,7 +975,8 @@ def cprofile_top(path: Path, limit: int = 25) -> str:
 
 def latency_table(result: LatencyResult) -> Table:
     ok = [d for d in result.deliveries if d.status == 200]
-    table = Table(title=f"2. Webhook → visible, open loop {result.rate}/s for {result.seconds:.0f} s "
+    table = Table(title=f"2. Webhook → visible on {result.broker}, {workers_name(result.workers)}, open loop "
+                        f"{result.rate}/s for {result.seconds:.0f} s "
                         f"({len(result.deliveries)} deliveries, {result.contacts} rotating contacts)")
     for col in ("measure", "n", "p50", "p95", "p99", "max", "missing"):
         table.add_column(col, justify="left" if col == "measure" else "right")
@@ -931,6 +995,42 @@ def latency_table(result: LatencyResult) -> Table:
     row(f"inbound turn via GET /v1/conversations/{{contact}} (1 in {result.sample_every})",
         [d.visible_api - d.scheduled for d in sampled if d.visible_api], len(sampled))
     row("reply sent in read model (SQL, all)", [d.replied_sql - d.scheduled for d in ok if d.replied_sql], len(ok))
+    return table
+
+
+def fold_table(rates: FoldRates, fold_n: int, partitions: int) -> Table:
+    """(3) and (4) on one broker: the Baton worker's fold rate against the two Faust baselines."""
+    fold, naive, bare = rates.fold, rates.naive, rates.bare
+    table = Table(title=f"3 + 4. Fold rate on {rates.broker} over {fold_n:,} pre-loaded records, "
+                        f"{partitions} partitions")
+    for col in ("consumer", "records", "seconds", "events/s", "÷ naive", "÷ bare", "note"):
+        table.add_column(col, justify="left" if col in ("consumer", "note") else "right")
+    base_naive = naive["events_per_s"] if naive else None
+    base_bare = bare["events_per_s"] if bare else None
+
+    def ratio(value: float, against: float | None) -> str:
+        return f"{value / against:.2f}×" if against else "-"
+
+    if fold:
+        pre, whole = fold.get("preloaded"), fold.get("all")
+        if pre:
+            table.add_row("Baton worker: conversations.fold (pre-loaded records)", f"{pre['timed_events']:,}",
+                          f"{pre['seconds']:.2f}", f"{pre['events_per_s']:,}", ratio(pre["events_per_s"], base_naive),
+                          ratio(pre["events_per_s"], base_bare),
+                          f"{pre['batches']} batches, mean {pre['mean_batch']}; in fold_batch {pre['fold_batch_s']} s; "
+                          f"worker CPU {pre['cpu_s'] / pre['seconds']:.2f} cores; effects agent running")
+        if whole:
+            table.add_row("Baton worker: everything folded (incl. emitted)", f"{whole['timed_events']:,}",
+                          f"{whole['seconds']:.2f}", f"{whole['events_per_s']:,}",
+                          ratio(whole["events_per_s"], base_naive), ratio(whole["events_per_s"], base_bare),
+                          f"{whole['batches']} batches, mean {whole['mean_batch']}; in fold_batch {whole['fold_batch_s']} s; "
+                          f"worker CPU {whole['cpu_s'] / whole['seconds']:.2f} cores")
+    if naive:
+        table.add_row(escape("naive Faust agent (table[key] += 1)"), f"{naive['events']:,}", f"{naive['seconds']:.2f}",
+                      f"{naive['events_per_s']:,}", "1.00×", ratio(naive["events_per_s"], base_bare), "")
+    if bare:
+        table.add_row("bare Faust stream iteration", f"{bare['events']:,}", f"{bare['seconds']:.2f}",
+                      f"{bare['events_per_s']:,}", ratio(bare["events_per_s"], base_naive), "1.00×", "")
     return table
 
 
@@ -985,10 +1085,16 @@ def main() -> None:
     parser.add_argument("--peer-runs", type=int, default=1, help="runs of the peer; the median by msgs/s is compared")
     parser.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none",
                         help="profile the fold worker child in (3); py-spy also samples worker/projector/api in (1)")
+    parser.add_argument("--brokers", default="embedded,kafka",
+                        help="comma-separated brokers (1)-(4) run on, one after the other: embedded (Tansu), kafka "
+                             "(local Apache Kafka; skipped with one line where java or mvn is missing)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: ingest,latency,fold,baselines,peer")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, profiles)")
     args = parser.parse_args()
     args.worker_counts = int_list(args.workers, "--workers", parser, 4)
+    args.broker_list = list(dict.fromkeys(b.strip() for b in args.brokers.split(",") if b.strip()))
+    if not args.broker_list or not set(args.broker_list) <= set(BROKERS):
+        parser.error(f"--brokers: one or more of {','.join(BROKERS)}, got {args.brokers!r}")
     args.rate_list = int_list(args.rates, "--rates", parser, 6) if args.rates else [args.rate]
     args.latency_workers = args.latency_workers or args.worker_counts[0]
     if args.latency_workers not in args.worker_counts:
@@ -1000,8 +1106,9 @@ def main() -> None:
 
 @dataclass
 class BatonRun:
-    """(1) on one runtime: its worker count, result, CPU per component and log records it added."""
+    """(1) on one runtime: its broker, worker count, result, CPU per component and log records it added."""
 
+    broker: str  # BROKERS' name: Tansu or Kafka
     workers: int
     ingest: IngestResult
     cpu: tuple[float, dict[str, float]]
@@ -1009,7 +1116,17 @@ class BatonRun:
 
     @property
     def name(self) -> str:
-        return workers_name(self.workers)
+        return f"{self.broker}, {workers_name(self.workers)}"
+
+
+@dataclass
+class FoldRates:
+    """(3) and (4) on one broker: the fold worker's reports and the two baselines' (None where skipped)."""
+
+    broker: str
+    fold: dict | None = None
+    naive: dict | None = None
+    bare: dict | None = None
 
 
 NOT_BATON = ("everything else on the machine", "py-spy")  # CpuMeter groups that are not Baton's processes
@@ -1035,7 +1152,7 @@ async def run(args: argparse.Namespace) -> None:
     log_dir.mkdir(parents=True)
     profile = None if args.profile == "none" else args.profile
     t_all = time.perf_counter()
-    cpu_rows: dict[str, tuple[float, dict[str, float]]] = {}
+    cpu_rows: dict[str, dict[str, tuple[float, dict[str, float]]]] = {}  # broker → phase → (wall, CPU per component)
     notes: list[str] = []
     console.print(f"[dim]bench run {run_id}: temp dir {tmp}; code {code_version()}[/dim]", highlight=False)
 
@@ -1056,119 +1173,146 @@ async def run(args: argparse.Namespace) -> None:
         else:
             console.print(f"[dim]{escape(how)}[/dim]", highlight=False)
 
-    broker = EmbeddedBroker().start(log_dir / "broker.log")
     postgres = EmbeddedPostgres(tmp / "pgdata").start()
     baton_runs: list[BatonRun] = []
     lats: list[LatencyResult] = []
     projector_batches: dict[str, list[list[float]]] = {}
     spy_roles: list[tuple[str, Path]] = []
-    fold = naive = bare = None
+    folds: list[FoldRates] = []
     try:
-        base = Settings(
-            kafka_bootstrap_servers=broker.bootstrap_servers, database_url=postgres.fresh_database("bench"),
-            broker_profile="embedded", app_id=f"bench-{run_id}", topic_prefix=f"bench-{run_id}.",
-            topic_partitions=args.partitions, tenants_file=ROOT / "examples" / "tenants.toml",
-            data_dir=tmp / "runtime", api_port=free_port(),  # log_level stays "info", as `baton dev` runs
-        )
         postmaster = int((tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
-        for count in args.worker_counts:
-            do_ingest = "ingest" not in skip
-            do_latency = "latency" not in skip and count == args.latency_workers
-            if not (do_ingest or do_latency):
-                continue
-            tag, key = workers_name(count), f"w{count}"
-            # A fresh runtime per worker count: its own group, topics and read models, the same services.
-            runtime = Runtime(base.model_copy(update={
-                "app_id": f"bench-{run_id}-{key}", "topic_prefix": f"bench-{run_id}-{key}.",
-                "database_url": postgres.fresh_database(f"bench_{key}"), "data_dir": tmp / f"runtime-{key}",
-                "api_port": 0}), workers=count)
-            probe_out = tmp / f"projector_batches-{key}.json"
+        for broker_profile in args.broker_list:
+            broker_logs = log_dir / broker_profile
+            broker_logs.mkdir()
             try:
-                with console.status(f"starting {tag}, projector (timed) and API…"):
-                    runtime.start(roles=tuple(role for role in runtime.roles if role != "projector"))
-                    runtime.processes["projector"] = spawn(
-                        [sys.executable, "-m", "bench.projector_probe"],
-                        child_env(**settings_env(runtime.settings), BENCH_PROJECTOR_OUT=str(probe_out)),
-                        runtime.log_dir / "projector.log")
-                    token = issue_token(runtime.settings, TENANT)
-                    warm_s = await warm_up(runtime, token)
-                    group = await wait_for_group(runtime.settings, count)
-                console.print(f"[dim]{tag}: warm-up message answered end to end in {warm_s:.1f} s; {group}[/dim]",
-                              highlight=False)
-                roles = {p.pid: role for role, p in runtime.processes.items()}
-                spies = []
-                if profile == "py-spy" and do_ingest:
-                    for role, process in runtime.processes.items():
-                        out = tmp / f"{key}-{role}.spy.txt"
-                        spies.append(spawn(
-                            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(process.pid),
-                             "-r", "100", "--format", "raw", "-o", str(out)], None, None))
-                        spy_roles.append((f"{role}, {tag}", out))
-                if do_ingest:
-                    with console.status(f"1. ingesting {n} events over HTTP ({tag})…"):
-                        records_before = await log_records(runtime.settings)
-                        meter = CpuMeter(roles, broker.process.pid, postmaster).start()
-                        ingest = await ingest_to_projection(runtime, token, n, contacts, f"{run_id}{key}")
-                        cpu = meter.stop()
-                        records_after = await log_records(runtime.settings)
-                    cpu_rows[f"1. ingest, {tag}"] = cpu
-                    notes.append(f"1. ({tag}) " + amplification(records_before, records_after, n))
-                    baton_runs.append(BatonRun(count, ingest, cpu, records_added(records_before, records_after)))
-                    console.print(f"[dim]1. ({tag}) done at {time.perf_counter() - t_all:.0f} s[/dim]")
-                for spy in spies:
-                    spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
-                for spy in spies:
-                    spy.wait(30)
-                runtime.check_alive()
-                if do_latency:
-                    for k, per_s in enumerate(args.rate_list):
-                        with console.status(f"2. open-loop webhooks at {per_s}/s for {args.seconds:.0f} s ({tag})…"):
-                            meter = CpuMeter(roles, broker.process.pid, postmaster).start()
-                            lats.append(await latency(
-                                runtime, token, per_s, args.seconds, args.latency_contacts, f"{run_id}r{per_s}",
-                                get_budget=args.get_budget, drain_s=args.drain, max_inflight=args.max_inflight,
-                                prefix=f"3{4 + k}69", workers=count))
-                            cpu_rows[f"2. {per_s}/s, {tag}"] = meter.stop()
-                        console.print(f"[dim]2. ({per_s}/s, {tag}) done at {time.perf_counter() - t_all:.0f} s[/dim]")
+                with console.status(f"starting the {BROKERS[broker_profile]} broker…"):
+                    started = time.perf_counter()
+                    broker = BenchBroker.start(broker_profile, broker_logs)
+            except LocalKafkaError as exc:
+                console.print(escape(f"{broker_profile} broker skipped: {exc}"), highlight=False)
+                notes.append(escape(f"{broker_profile} broker skipped: {exc}"))
+                continue
+            console.print(f"[dim]{broker.title} at {broker.bootstrap_servers}, started in "
+                          f"{time.perf_counter() - started:.1f} s[/dim]", highlight=False)
+            cpu_rows[broker.name] = {}
+            try:
+                # The same workload on each broker: its own topics and databases, the same PostgreSQL server.
+                base = Settings(
+                    **broker.settings(), database_url=postgres.fresh_database(f"bench_{broker_profile}"),
+                    app_id=f"bench-{run_id}", topic_prefix=f"bench-{run_id}.", topic_partitions=args.partitions,
+                    tenants_file=ROOT / "examples" / "tenants.toml", data_dir=tmp / f"runtime-{broker_profile}",
+                    api_port=free_port(),  # log_level stays "info", as `baton dev` runs
+                )
+                for count in args.worker_counts:
+                    do_ingest = "ingest" not in skip
+                    do_latency = "latency" not in skip and count == args.latency_workers
+                    if not (do_ingest or do_latency):
+                        continue
+                    tag, key = f"{broker.name}, {workers_name(count)}", f"{broker_profile}_w{count}"
+                    # A fresh runtime per worker count: its own group, topics and read models, the same services.
+                    runtime = Runtime(base.model_copy(update={
+                        "app_id": f"bench-{run_id}-{key}", "topic_prefix": f"bench-{run_id}-{key}.",
+                        "database_url": postgres.fresh_database(f"bench_{key}"), "data_dir": tmp / f"runtime-{key}",
+                        "api_port": 0}), workers=count)
+                    probe_out = tmp / f"projector_batches-{key}.json"
+                    try:
+                        with console.status(f"starting {tag}, projector (timed) and API…"):
+                            runtime.start(roles=tuple(role for role in runtime.roles if role != "projector"))
+                            runtime.processes["projector"] = spawn(
+                                [sys.executable, "-m", "bench.projector_probe"],
+                                child_env(**settings_env(runtime.settings), BENCH_PROJECTOR_OUT=str(probe_out)),
+                                runtime.log_dir / "projector.log")
+                            token = issue_token(runtime.settings, TENANT)
+                            warm_s = await warm_up(runtime, token)
+                            group = await wait_for_group(runtime.settings, count)
+                        console.print(f"[dim]{tag}: warm-up message answered end to end in {warm_s:.1f} s; "
+                                      f"{group}[/dim]", highlight=False)
+                        roles = {p.pid: role for role, p in runtime.processes.items()}
+                        spies = []
+                        if profile == "py-spy" and do_ingest:
+                            for role, process in runtime.processes.items():
+                                out = tmp / f"{key}-{role}.spy.txt"
+                                spies.append(spawn(
+                                    [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(process.pid),
+                                     "-r", "100", "--format", "raw", "-o", str(out)], None, None))
+                                spy_roles.append((f"{role}, {tag}", out))
+                        if do_ingest:
+                            with console.status(f"1. ingesting {n} events over HTTP ({tag})…"):
+                                records_before = await log_records(runtime.settings)
+                                meter = CpuMeter(roles, broker, postmaster).start()
+                                ingest = await ingest_to_projection(runtime, token, n, contacts, f"{run_id}{key}")
+                                cpu = meter.stop()
+                                records_after = await log_records(runtime.settings)
+                            cpu_rows[broker.name][f"1. ingest, {workers_name(count)}"] = cpu
+                            notes.append(f"1. ({tag}) " + amplification(records_before, records_after, n))
+                            baton_runs.append(BatonRun(broker.name, count, ingest, cpu,
+                                                       records_added(records_before, records_after)))
+                            console.print(f"[dim]1. ({tag}) done at {time.perf_counter() - t_all:.0f} s[/dim]")
+                        for spy in spies:
+                            spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+                        for spy in spies:
+                            spy.wait(30)
                         runtime.check_alive()
-            finally:
-                runtime.stop()
-            if probe_out.exists():
-                projector_batches[tag] = json.loads(probe_out.read_text())
+                        if do_latency:
+                            for k, per_s in enumerate(args.rate_list):
+                                with console.status(f"2. open-loop webhooks at {per_s}/s for {args.seconds:.0f} s "
+                                                    f"({tag})…"):
+                                    meter = CpuMeter(roles, broker, postmaster).start()
+                                    lats.append(await latency(
+                                        runtime, token, per_s, args.seconds, args.latency_contacts,
+                                        f"{run_id}r{per_s}", get_budget=args.get_budget, drain_s=args.drain,
+                                        max_inflight=args.max_inflight, prefix=f"3{4 + k}69", workers=count,
+                                        broker=broker.name))
+                                    cpu_rows[broker.name][f"2. {per_s}/s, {workers_name(count)}"] = meter.stop()
+                                console.print(f"[dim]2. ({per_s}/s, {tag}) done at "
+                                              f"{time.perf_counter() - t_all:.0f} s[/dim]")
+                                runtime.check_alive()
+                    finally:
+                        runtime.stop()
+                    if probe_out.exists():
+                        projector_batches[tag] = json.loads(probe_out.read_text())
 
-        if "fold" not in skip or "baselines" not in skip:
-            fold_settings = base.model_copy(update={
-                "app_id": f"bench-fold-{run_id}", "topic_prefix": f"bench-fold-{run_id}.", "data_dir": tmp / "fold"})
-            await ensure_topics(fold_settings)
-            raw_topics = [] if "baselines" in skip else [f"bench-naive-{run_id}", f"bench-bare-{run_id}"]
-            await create_topics(base.kafka_bootstrap_servers, raw_topics, args.partitions)
-            envelopes = message_envelopes(fold_n, args.contacts or max(1, fold_n // 5), "3462", run_id)
-            with console.status(f"pre-loading {fold_n} records onto {1 + len(raw_topics)} topics…"):
-                preload_s = await preload(fold_settings, envelopes, raw_topics)
-            console.print(f"[dim]pre-loaded {fold_n} records × {1 + len(raw_topics)} topics in {preload_s:.1f} s "
-                          f"({fold_n * (1 + len(raw_topics)) / preload_s:,.0f} rec/s, one record per batch)[/dim]")
-            if "fold" not in skip:
-                with console.status("3. the Baton worker folding the pre-loaded records…"):
-                    fold, fold_cpu = await fold_rate(fold_settings, fold_n, log_dir, profile, tmp,
-                                                     CpuMeter({}, broker.process.pid, postmaster))
-                    if fold_cpu:
-                        cpu_rows["3. fold worker, first batch → idle"] = fold_cpu
-                    notes.append("3. " + amplification({}, await log_records(fold_settings), fold_n))
-                    for table_name in ("sessions", "conversations-ledger"):
-                        records, same, empty = await redundant_writes(fold_settings, table_name)
-                        notes.append(f"3. {table_name} changelog: {records:,} records; {same:,} "
-                                     f"({100 * same / max(records, 1):.0f}%) identical to the key's previous value, "
-                                     f"{empty:,} ({100 * empty / max(records, 1):.0f}%) first writes of an empty {{}}")
-                console.print(f"[dim]3. done at {time.perf_counter() - t_all:.0f} s[/dim]")
-            if "baselines" not in skip:
-                with console.status("4. naive Faust agent…"):
-                    naive = await baseline("naive", base.kafka_bootstrap_servers, raw_topics[0], fold_n,
-                                           args.partitions, log_dir, args.baseline_loglevel)
-                with console.status("4. bare Faust stream iteration…"):
-                    bare = await baseline("bare", base.kafka_bootstrap_servers, raw_topics[1], fold_n,
-                                          args.partitions, log_dir, args.baseline_loglevel)
+                if "fold" not in skip or "baselines" not in skip:
+                    rates = FoldRates(broker.name)
+                    fold_settings = base.model_copy(update={
+                        "app_id": f"bench-fold-{run_id}", "topic_prefix": f"bench-fold-{run_id}.",
+                        "data_dir": tmp / f"fold-{broker_profile}"})
+                    await ensure_topics(fold_settings)
+                    raw_topics = [] if "baselines" in skip else [f"bench-naive-{run_id}", f"bench-bare-{run_id}"]
+                    await create_topics(base.kafka_bootstrap_servers, raw_topics, args.partitions)
+                    envelopes = message_envelopes(fold_n, args.contacts or max(1, fold_n // 5), "3462", run_id)
+                    with console.status(f"pre-loading {fold_n} records onto {1 + len(raw_topics)} topics "
+                                        f"({broker.name})…"):
+                        preload_s = await preload(fold_settings, envelopes, raw_topics)
+                    console.print(f"[dim]{broker.name}: pre-loaded {fold_n} records × {1 + len(raw_topics)} topics "
+                                  f"in {preload_s:.1f} s ({fold_n * (1 + len(raw_topics)) / preload_s:,.0f} rec/s, "
+                                  f"one record per batch)[/dim]")
+                    if "fold" not in skip:
+                        with console.status(f"3. the Baton worker folding the pre-loaded records ({broker.name})…"):
+                            rates.fold, fold_cpu = await fold_rate(fold_settings, fold_n, broker_logs, profile,
+                                                                   broker_logs, CpuMeter({}, broker, postmaster))
+                            if fold_cpu:
+                                cpu_rows[broker.name]["3. fold worker, first batch → idle"] = fold_cpu
+                            notes.append(f"3. ({broker.name}) "
+                                         + amplification({}, await log_records(fold_settings), fold_n))
+                            for table_name in ("sessions", "conversations-ledger"):
+                                records, same, empty = await redundant_writes(fold_settings, table_name)
+                                notes.append(f"3. ({broker.name}) {table_name} changelog: {records:,} records; "
+                                             f"{same:,} ({100 * same / max(records, 1):.0f}%) identical to the key's "
+                                             f"previous value, {empty:,} ({100 * empty / max(records, 1):.0f}%) "
+                                             f"first writes of an empty {{}}")
+                        console.print(f"[dim]3. ({broker.name}) done at {time.perf_counter() - t_all:.0f} s[/dim]")
+                    if "baselines" not in skip:
+                        with console.status(f"4. naive Faust agent ({broker.name})…"):
+                            rates.naive = await baseline("naive", base.kafka_bootstrap_servers, raw_topics[0],
+                                                         fold_n, args.partitions, broker_logs, args.baseline_loglevel)
+                        with console.status(f"4. bare Faust stream iteration ({broker.name})…"):
+                            rates.bare = await baseline("bare", base.kafka_bootstrap_servers, raw_topics[1],
+                                                        fold_n, args.partitions, broker_logs, args.baseline_loglevel)
+                    folds.append(rates)
+            finally:
+                broker.stop()
     finally:
-        broker.stop()
         postgres.stop()
 
     peer: PeerResult | None = None
@@ -1230,52 +1374,24 @@ async def run(args: argparse.Namespace) -> None:
             table.add_row(tag, str(len(b)), f"{recs:,}", f"{recs / len(b):,.0f}", f"{total:.2f}",
                           f"{ev:.2f}", f"{se:.2f}", f"{of:.2f}", f"{total - ev - se - of:.2f}")
         console.print(table)
-    if fold or naive or bare:
-        table = Table(title=f"3 + 4. Fold rate over {fold_n:,} pre-loaded records, {args.partitions} partitions, "
-                            f"same broker")
-        for col in ("consumer", "records", "seconds", "events/s", "÷ naive", "÷ bare", "note"):
-            table.add_column(col, justify="left" if col in ("consumer", "note") else "right")
-        base_naive = naive["events_per_s"] if naive else None
-        base_bare = bare["events_per_s"] if bare else None
-
-        def ratio(value: float, against: float | None) -> str:
-            return f"{value / against:.2f}×" if against else "-"
-
-        if fold:
-            pre, whole = fold.get("preloaded"), fold.get("all")
-            if pre:
-                table.add_row("Baton worker: conversations.fold (pre-loaded records)", f"{pre['timed_events']:,}",
-                              f"{pre['seconds']:.2f}", f"{pre['events_per_s']:,}", ratio(pre["events_per_s"], base_naive),
-                              ratio(pre["events_per_s"], base_bare),
-                              f"{pre['batches']} batches, mean {pre['mean_batch']}; in fold_batch {pre['fold_batch_s']} s; "
-                              f"worker CPU {pre['cpu_s'] / pre['seconds']:.2f} cores; effects agent running")
-            if whole:
-                table.add_row("Baton worker: everything folded (incl. emitted)", f"{whole['timed_events']:,}",
-                              f"{whole['seconds']:.2f}", f"{whole['events_per_s']:,}",
-                              ratio(whole["events_per_s"], base_naive), ratio(whole["events_per_s"], base_bare),
-                              f"{whole['batches']} batches, mean {whole['mean_batch']}; in fold_batch {whole['fold_batch_s']} s; "
-                              f"worker CPU {whole['cpu_s'] / whole['seconds']:.2f} cores")
-        if naive:
-            table.add_row("naive Faust agent (table[key] += 1)", f"{naive['events']:,}", f"{naive['seconds']:.2f}",
-                          f"{naive['events_per_s']:,}", "1.00×", ratio(naive["events_per_s"], base_bare), "")
-        if bare:
-            table.add_row("bare Faust stream iteration", f"{bare['events']:,}", f"{bare['seconds']:.2f}",
-                          f"{bare['events_per_s']:,}", ratio(bare["events_per_s"], base_naive), "1.00×", "")
-        console.print(table)
+    for rates in folds:
+        console.print(fold_table(rates, fold_n, args.partitions))
     for note in notes:
         console.print(f"   {note}", highlight=False)
-    if cpu_rows:
-        names = sorted({name for _, used in cpu_rows.values() for name in used})
-        table = Table(title="CPU used per component (cores = CPU s / wall s; the machine has "
+    for broker_name, phases in cpu_rows.items():
+        if not phases:
+            continue
+        names = sorted({name for _, used in phases.values() for name in used})
+        table = Table(title=f"CPU used per component on {broker_name} (cores = CPU s / wall s; the machine has "
                             f"{os.cpu_count()})")
         table.add_column("component")
-        for phase, (wall, _) in cpu_rows.items():
+        for phase, (wall, _) in phases.items():
             table.add_column(f"{phase} ({wall:.1f} s)", justify="right")
         for name in names:
             table.add_row(name, *(f"{used.get(name, 0.0):.1f} s = {used.get(name, 0.0) / wall:.2f}"
-                                  for wall, used in cpu_rows.values()))
+                                  for wall, used in phases.values()))
         table.add_row("total", *(f"{sum(used.values()):.1f} s = {sum(used.values()) / wall:.2f}"
-                                 for wall, used in cpu_rows.values()))
+                                 for wall, used in phases.values()))
         console.print(table)
     if peer and peer.runs:
         for res in peer.runs:
@@ -1290,7 +1406,8 @@ async def run(args: argparse.Namespace) -> None:
         console.print(cpu_per_message_table(baton_runs, peer))
     console.print(aims_table(baton_runs, lats, peer))
     if profile == "py-spy":
-        for role, path in [("fold worker (3)", tmp / "fold_worker.spy.txt"), *((f"{r} (1)", p) for r, p in spy_roles)]:
+        fold_spies = [(f"fold worker (3), {BROKERS[b]}", log_dir / b / "fold_worker.spy.txt") for b in args.broker_list]
+        for role, path in [*fold_spies, *((f"{r} (1)", p) for r, p in spy_roles)]:
             if path.exists():
                 total, own, inclusive, categories = spy_top(path, 60)
                 console.print(f"\n[bold]py-spy {role}: {total} busy samples (idle waits in select/Condition.wait left out)[/bold]")
@@ -1305,8 +1422,11 @@ async def run(args: argparse.Namespace) -> None:
                     if count / total > 0.97:
                         continue  # the entry chain common to every sample
                     console.print(f"    {100 * count / total:5.1f}%  {frame}", highlight=False)
-    if profile == "cprofile" and (tmp / "fold_worker.prof").exists():
-        console.print(cprofile_top(tmp / "fold_worker.prof"), highlight=False, markup=False)
+    if profile == "cprofile":
+        for b in args.broker_list:
+            if (log_dir / b / "fold_worker.prof").exists():
+                console.print(f"\n[bold]cProfile fold worker (3), {BROKERS[b]}[/bold]")
+                console.print(cprofile_top(log_dir / b / "fold_worker.prof"), highlight=False, markup=False)
     console.print(f"[dim]whole bench {time.perf_counter() - t_all:.0f} s; logs in {tmp if args.keep else '(removed)'}[/dim]")
     if not args.keep:
         import shutil
@@ -1335,10 +1455,10 @@ def comparison_table(baton_runs: list[BatonRun], peer: PeerResult | None, peer_s
         own = baton_cpu(used)
         per_s = answered_per_s(done)
         table.add_row(
-            f"Baton ({done.name})",
+            f"Baton on {done.name}",
             f"{per_s:,.0f}" if per_s else f"timeout ({done.ingest.sent:,} of {n:,})",
             f"{1000 * sum(own.values()) / n:.2f}", f"{done.records / n:.1f}",
-            f"{1000 * used.get('broker (tansu)', 0.0) / n:.2f}",
+            f"{1000 * used.get(broker_component(done.broker), 0.0) / n:.2f}",
             f"{per_s / peer_rate:.2f}×" if per_s and peer_rate else "-",
             f"{wall:.1f} s window; {used.get('everything else on the machine', 0.0) / wall:.2f} cores busy elsewhere")
     if chosen:
@@ -1369,7 +1489,7 @@ def cpu_per_message_table(baton_runs: list[BatonRun], peer: PeerResult | None) -
     table = Table(title="Where the CPU goes: CPU ms per answered message (cores) per component, (1) and the peer")
     table.add_column("component")
     for done in baton_runs:
-        table.add_column(f"Baton, {done.name} ({done.cpu[0]:.1f} s)", justify="right")
+        table.add_column(f"Baton on {done.name} ({done.cpu[0]:.1f} s)", justify="right")
     if chosen:
         table.add_column(f"Redis-lock peer ({chosen['e2e_s']:.1f} s)", justify="right")
     blank = [""] * (len(baton_runs) + (1 if chosen else 0))
@@ -1381,7 +1501,8 @@ def cpu_per_message_table(baton_runs: list[BatonRun], peer: PeerResult | None) -
     for name in names:
         row = list(blank)
         for i, done in enumerate(baton_runs):
-            row[i] = cell(done.cpu[1].get(name, 0.0), done.ingest.events, done.cpu[0])
+            if name in done.cpu[1]:  # each run has its own broker's row only
+                row[i] = cell(done.cpu[1][name], done.ingest.events, done.cpu[0])
         table.add_row(name, *row)
     if chosen:
         for name, seconds in peer_cpu(chosen).items():
@@ -1439,17 +1560,18 @@ def aims_table(baton_runs: list[BatonRun], lats: list[LatencyResult], peer: Peer
             table.add_row(f"answered msgs/s against the peer, {done.name}", "≥ 0.5 × peer",
                           "peer not run" if per_s else "Baton timed out", "-")
     for rate_aim, limit, whole in ((500, 1.0, True), (100, 0.4, False)):
-        aim = f"{rate_aim} webhooks/s: inbound turn visible (SQL), p99" + (", nothing missing" if whole else "")
+        aim = "inbound turn visible (SQL), p99" + (", nothing missing" if whole else "")
         target = f"≤ {ms(limit)}" + (", 0 missing" if whole else "")
         found = [lat for lat in lats if lat.rate == rate_aim]
         if not found:
-            table.add_row(aim, target, "not measured (add --rates 100,500)", "-")
+            table.add_row(f"{rate_aim} webhooks/s: {aim}", target, "not measured (add --rates 100,500)", "-")
         for lat in found:
             p_seen, p_replied, missing, missing_replies = visible_p99(lat)
             shown = "not seen within the wait" if math.isinf(p_seen) else ms(p_seen)
             replies = "not seen" if math.isinf(p_replied) else ms(p_replied)
-            table.add_row(aim, target, f"p99 {shown}, {missing} of {len(lat.deliveries)} missing "
-                                       f"({workers_name(lat.workers)}; reply p99 {replies}, {missing_replies} missing)",
+            table.add_row(f"{rate_aim} webhooks/s on {lat.broker}: {aim}", target,
+                          f"p99 {shown}, {missing} of {len(lat.deliveries)} missing "
+                          f"({workers_name(lat.workers)}; reply p99 {replies}, {missing_replies} missing)",
                           met(p_seen <= limit and (missing == 0 or not whole)))
     return table
 

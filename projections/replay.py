@@ -22,7 +22,7 @@ from projections.writers import ReadModel, write_rows
 from projections.writers.events import EVENTS, event_row, write_events
 from streams.domains import domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
-from streams.topics import log_end_offsets, topic_partitions
+from streams.topics import log_end_offsets, misplaced, topic_partitions
 
 LIVE_SCHEMA = "public"
 SHADOW_SCHEMA = "replay_shadow"
@@ -183,7 +183,8 @@ async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Reb
         while pending:
             batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=10_000)
             for tp, records in batch.items():
-                kept = [r for r in records if r.offset < ends[tp]]
+                # A record on a partition its key does not belong to is read where the worker forwarded it.
+                kept = [r for r in records if r.offset < ends[tp] and not misplaced(r, settings.topic_partitions)]
                 _archive(rebuild, tp, kept)
                 result = fold_batch([Record(tp.topic, tp.partition, r.offset, r.key, r.value) for r in kept],
                                     states.get, folders[tp.topic])

@@ -19,6 +19,9 @@ EDGE_REQUESTS = Counter("baton_edge_requests_total", "HTTP requests answered at 
 EDGE_REJECTIONS = Counter("baton_edge_rejections_total", "HTTP requests refused (4xx/5xx), by reason.",
                           ["route", "reason"])
 FOLDED = Counter("baton_events_folded_total", "Records folded by a domain's fold agent.", ["domain"])
+REROUTED = Counter("baton_records_rerouted_total",
+                   "Domain records found on another partition than their key's, forwarded to it, by producer (actor).",
+                   ["domain", "actor"])
 DEAD_LETTERS = Counter("baton_dead_letters_total", "Records sent to the dead-letter topic.", ["stage", "reason"])
 EFFECTS = Counter("baton_effects_total", "Effect requests run, by outcome (ok; error: raised, dead-lettered; unknown: started before a crash).",
                   ["domain", "type", "outcome"])

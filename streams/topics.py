@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 from streams.domains import load_domains
 from streams.settings import Settings
+
+
+@functools.lru_cache(maxsize=65_536)
+def key_partition(key: bytes | None, partitions: int) -> int | None:
+    """The partition Baton's producers put a key on: murmur2, as Kafka's Java client and aiokafka do."""
+    return None if key is None else (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def misplaced(record: Any, partitions: int) -> bool:
+    """True for a domain record (with `key` and `partition`) that a producer with another partitioner put on a
+    partition its key does not belong to. The worker forwards it to its key's partition; every reader of the
+    domain topics (worker, projector, replay) reads it there, never here."""
+    owner = key_partition(record.key, partitions)
+    return owner is not None and owner != record.partition
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
@@ -59,14 +76,20 @@ async def ensure_topics(settings: Settings) -> list[str]:
         for name, code, message in _topic_errors(response):
             if code not in (0, TopicAlreadyExistsError.errno):
                 raise RuntimeError(f"cannot create topic {name}: error {code} {message}")
-        await _wait_until_led(admin, names)
+        counts = await _wait_until_led(admin, names)
+        # Keys are placed by murmur2 modulo the partition count, and tables are co-partitioned with their topic:
+        # a topic created earlier with another count would place keys where no reader expects them.
+        if wrong := {name: n for name, n in counts.items() if n != partitions.get(name, settings.topic_partitions)}:
+            raise RuntimeError("topics exist with another partition count than BATON_TOPIC_PARTITIONS="
+                               f"{settings.topic_partitions}: " + ", ".join(f"{t} has {n}" for t, n in wrong.items()))
         return names
     finally:
         await admin.close()
 
 
-async def _wait_until_led(admin: AIOKafkaAdminClient, names: list[str], wait_s: float = 30.0) -> None:
-    """Return once every partition of every topic has a leader in the metadata brokers answer with.
+async def _wait_until_led(admin: AIOKafkaAdminClient, names: list[str], wait_s: float = 30.0) -> dict[str, int]:
+    """Each topic's partition count, once every partition of every topic has a leader in the metadata brokers
+    answer with.
 
     Apache Kafka answers CreateTopics once the controller committed the topic; its brokers learn of it a moment
     later, and a consumer assigned before then sees no partitions.
@@ -77,7 +100,7 @@ async def _wait_until_led(admin: AIOKafkaAdminClient, names: list[str], wait_s: 
         unled = [t["topic"] for t in topics
                  if t["error_code"] != 0 or not t["partitions"] or any(p["leader"] < 0 for p in t["partitions"])]
         if not unled:
-            return
+            return {t["topic"]: len(t["partitions"]) for t in topics}
         if time.monotonic() > deadline:
             raise RuntimeError(f"topics without a partition leader after {wait_s:.0f} s: {', '.join(unled)}")
         await asyncio.sleep(0.1)
