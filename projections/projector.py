@@ -25,7 +25,7 @@ from streams.domains import Domain, domain_of_topic, load_domains, migration_sou
 from streams.liveness import Heartbeat
 from streams.publisher import producer_options
 from streams.settings import Settings
-from streams.topics import changelog_topic, ensure_topics, topic_partitions
+from streams.topics import changelog_topic, ensure_topics, misplaced, topic_partitions
 
 CONSUMER = "projector"
 STAGE = "projector"
@@ -184,6 +184,8 @@ async def _project(
         for record in records:
             item = _Item(record)  # a dead record stays as an item that writes nothing but its offset
             items.append(item)
+            if domain is None and misplaced(record, settings.topic_partitions):
+                continue  # archived from its key's own partition, where the worker forwards it
             try:
                 if domain is None:
                     item.event = event_row(envelope_of(record), tp.topic, tp.partition, record.offset)
