@@ -29,6 +29,7 @@ _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"|`([^`]*)`")
 _IDENTIFIER = re.compile(r"^[A-Za-z_./][\w.:$/\\-]*$")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
 _NUMBER = re.compile(r"(?<!\w)\d+(\.\d+)?")
+_DIGITS = re.compile(r"\d+")
 _KEPT = "KEPTCODEx"
 _ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][\w.\-/\\]+\.\w+")
 _SPACES = re.compile(r"\s+")
@@ -69,12 +70,17 @@ class Rules:
     use_line: bool
     # Status and error codes (`status 404`) survive number normalisation.
     keep_codes: bool
+    # Numbers inside a quoted identifier are replaced too (`'order_5531'` ~ `'order_77'`; letters still differ).
+    quoted_numbers: bool = False
 
 
+# Versions are frozen once published: replay regroups every event under the version it names.
 RULES: dict[int, Rules] = {
     1: Rules(version=1, use_line=True, keep_codes=False),
     # v2: the same error raised at another line of the same file is one bug; `status 404` and `status 500` are two.
     2: Rules(version=2, use_line=False, keep_codes=True),
+    # v3: v2, and numbers inside quoted identifiers are normalised (`KeyError: 'order_5531'` ~ `'order_77'`).
+    3: Rules(version=3, use_line=False, keep_codes=True, quoted_numbers=True),
 }
 
 
@@ -90,10 +96,12 @@ def rules(version: int | None) -> Rules:
     return found
 
 
-def _quoted(match: re.Match[str]) -> str:
+def _quoted(match: re.Match[str], r: Rules) -> str:
     text = next(group for group in match.groups() if group is not None)
     # A quoted identifier names code (a variable, a constraint, a module) and tells bugs apart; data does not.
-    return match[0] if _IDENTIFIER.match(text) else "STRING"
+    if not _IDENTIFIER.match(text):
+        return "STRING"
+    return _DIGITS.sub("#", match[0]) if r.quoted_numbers else match[0]
 
 
 def normalise_message(message: str, version: int | None = None) -> str:
@@ -106,7 +114,7 @@ def normalise_message(message: str, version: int | None = None) -> str:
     text = _IPV6.sub("IP", text)
     text = _IPV4.sub("IP", text)
     text = _HEX.sub("HEX", text)
-    text = _QUOTED.sub(_quoted, text)
+    text = _QUOTED.sub(lambda m: _quoted(m, r), text)
     if r.keep_codes:
         text = _KEPT_CODES.sub(lambda m: f"{m[1]} {_KEPT}{m[2]}", text)
     text = _NUMBER.sub("#", text).replace(_KEPT, "")

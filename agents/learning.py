@@ -168,11 +168,13 @@ class SignalsEffect:
             return SignalFetched(**common, status="unconfigured", available=cached is not None, fresh=False,
                                  from_cache=cached is not None, etag=cached.etag if cached else None,
                                  error="no endpoint configured", code="unconfigured")
-        if cached is not None and envelope.occurred_at - cached.validated_at < self.options.freshness(agent):
+        # A forced refresh revalidates every agent: a fresh cached signal is not served without asking.
+        if (cached is not None and not request.force_refresh
+                and envelope.occurred_at - cached.validated_at < self.options.freshness(agent)):
             return SignalFetched(**common, status="cached", available=True, fresh=True, from_cache=True,
                                  etag=cached.etag, validated_at=cached.validated_at)
         started = time.monotonic()
-        headers = {"Authorization": f"Bearer {self._service_token(envelope.tenant_id)}",
+        headers = {"Authorization": f"Bearer {self._agent_token(envelope.tenant_id, request.learner)}",
                    "X-Idempotency-Key": f"{request.session_id}:{agent}"}
         if cached is not None and cached.etag:
             headers["If-None-Match"] = cached.etag
@@ -242,11 +244,11 @@ class SignalsEffect:
             self._http = httpx.AsyncClient()
         return self._http
 
-    def _service_token(self, tenant_id: str) -> str:
+    def _agent_token(self, tenant_id: str, learner: str) -> str:
+        """What an agent is handed: reads (GET) the learning routes of this one learner, nothing else (streams.auth)."""
         from streams.auth import issue_token
 
-        return issue_token(self.settings, tenant_id, self.options.service_token_ttl_s, subject="baton:learning",
-                           service=True)
+        return issue_token(self.settings, tenant_id, self.options.service_token_ttl_s, subject=learner, agent=True)
 
     async def _plan(self, envelope: Envelope, request: SignalsRequested, fetched: list[SignalFetched],
                     cached: dict[str, CachedSignal], now: datetime) -> tuple[DayPlanned, Envelope | None]:

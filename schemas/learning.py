@@ -107,6 +107,8 @@ class SignalsRequested(Payload, frozen=True, kw_only=True):
     day: int
     intent: IntentSnapshot
     cached: list[CachedSignal] = []
+    # The learner forced a refresh: every agent is asked (If-None-Match with the cached ETag), fresh or not.
+    force_refresh: bool = False
 
 
 class SignalFetched(Payload, frozen=True, kw_only=True):

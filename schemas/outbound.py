@@ -103,6 +103,16 @@ class DecisionInputs(msgspec.Struct, frozen=True, kw_only=True):
     rule: str
 
 
+class DeferredUntil(msgspec.Struct, frozen=True, kw_only=True):
+    """The instant a deferred message is due: in UTC and on the user's wall clock then, with the zone."""
+
+    at: datetime  # UTC
+    local_time: str  # ISO 8601 with the offset in force then, e.g. 2026-06-02T08:00:00+02:00
+    timezone: str  # IANA zone, e.g. Europe/Madrid
+    abbreviation: str  # the zone's abbreviation then, e.g. CEST
+    tz_version: str
+
+
 class _Decision(Payload, frozen=True, kw_only=True):
     user_id: str
     message_id: str
@@ -117,9 +127,13 @@ class MessageApproved(_Decision, frozen=True, kw_only=True):
 
 
 class MessageDeferred(_Decision, frozen=True, kw_only=True):
-    """Held until due_at, the next allowed time (reason: quiet_hours, budget_exhausted)."""
+    """Held until due_at, the next allowed time (reason: quiet_hours, budget_exhausted).
+
+    deferred_until is that instant in UTC and in the user's local time (None on events recorded before it existed).
+    """
 
     due_at: datetime
+    deferred_until: DeferredUntil | None = None
 
 
 class MessageReleased(_Decision, frozen=True, kw_only=True):

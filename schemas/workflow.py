@@ -247,7 +247,7 @@ class BugLogged(Payload, frozen=True, kw_only=True):
     stack: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
     project_root: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     # The versions of agents.bugrules.RULES (a new version adds its number here).
-    rules_version: Literal[1, 2] | None = None
+    rules_version: Literal[1, 2, 3] | None = None
 
 
 class BugGrouped(Payload, frozen=True, kw_only=True):

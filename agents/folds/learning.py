@@ -159,7 +159,8 @@ def _request_day(state: LearnerState, envelope: Envelope, request: DayRequested,
     cached = [CachedSignal(agent=s.agent, data=s.data, etag=s.etag, fetched_at=s.fetched_at,
                            validated_at=s.validated_at)
               for s in state.signals.values() if s.fetched_at is not None and s.validated_at is not None]
-    ask = SignalsRequested(**common, session_id=session_id, intent=intent, cached=cached)
+    ask = SignalsRequested(**common, session_id=session_id, intent=intent, cached=cached,
+                           force_refresh=request.force_refresh)
     run = PendingRun(session_id=session_id, intent_id=intent.intent_id, week=request.week, day=request.day,
                      requested_at=now, planned_event_id=planned_event_id(answer_event_id(envelope.event_id)))
     return {"pending": [*pending, run]}, ask

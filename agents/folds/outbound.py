@@ -25,6 +25,7 @@ from schemas.conversations import ContactLinked, ContactUnlinked
 from schemas.outbound import (
     PRIORITIES,
     DecisionInputs,
+    DeferredUntil,
     MessageApproved,
     MessageData,
     MessageDeferred,
@@ -147,6 +148,7 @@ class Decision(msgspec.Struct, kw_only=True):
     event_id: str
     at: datetime
     due_at: datetime | None = None
+    deferred_until: DeferredUntil | None = None  # a deferral's due instant, UTC and local, kept for good
     inputs: DecisionInputs
 
 
@@ -473,8 +475,9 @@ class _Run:
         )
         common = {"user_id": self.state.user_id, "message_id": message.message_id, "agent_id": message.agent_id,
                   "priority": message.priority, "reason": reason, "inputs": inputs}
+        until = self.deferred_until(message.due_at) if decision == "deferred" and message.due_at else None
         if decision == "deferred":
-            envelope = self.emit(MessageDeferred(**common, due_at=message.due_at))
+            envelope = self.emit(MessageDeferred(**common, due_at=message.due_at, deferred_until=until))
         else:
             envelope = self.emit({"approved": MessageApproved, "released": MessageReleased,
                                   "dropped": MessageDropped}[decision](**common))
@@ -487,7 +490,13 @@ class _Run:
         message.decided_at = self.now
         message.decisions = [*message.decisions, Decision(
             decision=decision, reason=reason, event_id=str(envelope.event_id), at=self.now,
-            due_at=message.due_at if decision == "deferred" else None, inputs=inputs)]
+            due_at=message.due_at if decision == "deferred" else None, deferred_until=until, inputs=inputs)]
+
+    def deferred_until(self, due: datetime) -> DeferredUntil:
+        """A due instant as the user reads it: their wall clock and zone abbreviation then, and the tz version."""
+        local = due.astimezone(self.tz)
+        return DeferredUntil(at=due.astimezone(UTC), local_time=local.isoformat(), timezone=self.tz.key,
+                             abbreviation=local.tzname() or "", tz_version=TZ_VERSION)
 
     def find(self, message_id: str, status: str | None = None) -> Message | None:
         for message in self.state.messages:

@@ -30,6 +30,17 @@ class MessageSummary(BaseModel):
     sent_at: datetime | None
 
 
+class DeferredUntilView(BaseModel):
+    """When a deferred message was due, as decided: in UTC and on the user's wall clock, with the zone."""
+
+    at: datetime = Field(description="The due instant in UTC.")
+    local_time: str = Field(description="The user's local time then, ISO 8601 with its offset "
+                                        "(e.g. 2026-06-02T08:00:00+02:00).")
+    timezone: str = Field(description="The user's IANA zone (e.g. Europe/Madrid).")
+    abbreviation: str = Field(description="The zone's abbreviation at that instant (e.g. CEST).")
+    tz_version: str = Field(description="The tz database version the local time was computed with.")
+
+
 class DecisionView(BaseModel):
     """One decision with its reason and the inputs it was taken on."""
 
@@ -38,6 +49,8 @@ class DecisionView(BaseModel):
     event_id: str
     at: datetime
     due_at: datetime | None = None
+    deferred_until: DeferredUntilView | None = Field(
+        None, description="A deferral's due instant, UTC and local with the zone; kept after release or failure.")
     inputs: dict[str, Any] = Field(description="Budget before/after, local time and date, zone, tz version, "
                                                "active or not, quiet hours, daily limit, rule.")
 

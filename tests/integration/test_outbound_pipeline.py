@@ -174,6 +174,10 @@ def test_a_redelivered_tick_and_send_request_each_send_once(api: httpx.Client, r
     assert api.post("/v1/events", json=tick).status_code == 202
     released = eventually(lambda: message(api, held, "sent"), "the message released by the external tick")
     assert [d["decision"] for d in released["decisions"]] == ["deferred", "released"]
+    # The deferral still says when it was due, in UTC and on the user's clock with the zone.
+    until = released["decisions"][0]["deferred_until"]
+    assert datetime.fromisoformat(until["at"]) == due and until["timezone"] == "Europe/Madrid"
+    assert datetime.fromisoformat(until["local_time"]) == due and until["abbreviation"] in ("CET", "CEST")
 
     request = _send_request(runtime.settings, held)
     assert isinstance(request.payload, SendRequested) and request.payload.attempt == 1

@@ -163,7 +163,7 @@ def cached_from(signals: dict[str, SignalFetched], at: datetime) -> list[CachedS
             for s in signals.values() if s.status == "fetched"]
 
 
-async def test_agents_are_called_in_parallel_with_service_token_idempotency_key_and_a_template_plan(agents):
+async def test_agents_are_called_in_parallel_with_an_agent_token_idempotency_key_and_a_template_plan(agents):
     for name in AGENTS:
         agents.push(name, Reply(delay_s=0.3, body={"ok": True, "data": ADVICE[name]}, headers={"ETag": '"x"'}))
     settings = Settings()
@@ -184,7 +184,8 @@ async def test_agents_are_called_in_parallel_with_service_token_idempotency_key_
     call = agents.calls("clo")[0]
     claims = jwt.decode(call["headers"]["authorization"].removeprefix("Bearer "), settings.jwt_keys[0],
                         algorithms=["HS256"], audience="baton-api")
-    assert claims["tenant_id"] == "acme" and claims["scope"] == "service"
+    # An agent token: the one learner, reads only (a service token would act for every learner and operation).
+    assert claims["tenant_id"] == "acme" and claims["scope"] == "agent" and claims["sub"] == "ada"
     assert call["headers"]["x-idempotency-key"] == f"{ask.payload.session_id}:clo"
     assert call["body"]["user_id"] == "ada" and call["body"]["intent"]["topic"] == "Machine Learning"
     assert "if-none-match" not in call["headers"]
@@ -242,6 +243,35 @@ async def test_a_signal_within_its_freshness_window_is_not_fetched(agents):
     assert len(agents.calls("clo")) == calls
     assert (signals["clo"].status, signals["clo"].attempts, signals["clo"].fresh) == ("cached", 0, True)
     assert signals["alex"].status == "not_modified" and plan.cache_hits == 4
+    await effect.aclose()
+
+
+async def test_a_forced_refresh_revalidates_every_fresh_signal_with_its_etag(agents):
+    from msgspec.structs import replace
+
+    effect = SignalsEffect(Settings(), quick_options(agents, freshness_s=",".join(f"{n}=3600" for n in AGENTS)))
+    first, _, _ = split(await effect.run(request()))
+    now = datetime.now(UTC)
+    cached = cached_from(first, now - timedelta(minutes=5))  # fresh for every agent
+    calls = {name: len(agents.calls(name)) for name in AGENTS}
+    # Unforced, fresh signals are served without asking anyone.
+    signals, _, _ = split(await effect.run(request(cached, at=now)))
+    assert {s.status for s in signals.values()} == {"cached"} and all(
+        len(agents.calls(name)) == calls[name] for name in AGENTS)
+    # Forced: every agent is asked with its cached ETag; an unchanged one answers 304, a changed one 200.
+    agents.data["alex"] = {"advice": "Start from gradient descent"}
+    plain = request(cached, at=now)
+    forced = replace(plain, payload=replace(plain.payload, force_refresh=True))
+    signals, plan, _ = split(await effect.run(forced))
+    for name in AGENTS:
+        (call,) = agents.calls(name)[calls[name]:]
+        assert call["headers"]["if-none-match"] == next(c.etag for c in cached if c.agent == name)
+    assert {name: s.status for name, s in signals.items()} == {
+        "clo": "not_modified", "alex": "fetched", "ta": "not_modified", "socratic": "not_modified"}
+    assert all(s.fresh and s.validated_at > now - timedelta(minutes=1) for s in signals.values())
+    assert (signals["alex"].data, signals["alex"].etag) == (agents.data["alex"], agents.etag("alex"))
+    assert not plan.degraded_mode and (plan.cache_hits, plan.cache_misses) == (3, 1)
+    assert plan.plan_json_summary.description == "Start from gradient descent"  # the 200 replaced the signal
     await effect.aclose()
 
 

@@ -135,6 +135,32 @@ def test_signals_are_kept_per_agent_and_passed_to_the_next_request():
     assert (cached.agent, cached.etag, cached.data, cached.validated_at) == ("clo", '"v1"', {"focus": "Backprop"}, later)
 
 
+def test_a_forced_run_asks_the_effect_to_revalidate_and_its_answers_update_the_cache():
+    state, _ = apply(None, event(intent()))
+    state, plain, _ = run_day(state, 1, 1, T0)
+    assert plain.payload.force_refresh is False
+    fetched = SignalFetched(learner="ada", session_id=plain.payload.session_id, agent="clo", status="fetched",
+                            available=True, fresh=True, from_cache=False, attempts=1, etag='"v1"',
+                            data={"focus": "Backprop"}, validated_at=T0)
+    state, _ = apply(state, event(fetched))
+    later = T0 + timedelta(minutes=5)  # the clo signal is still fresh
+    state, forced, _ = run_day(state, 1, 1, later, force=True)
+    assert forced.payload.force_refresh is True and [c.etag for c in forced.payload.cached] == ['"v1"']
+    # A 200 to the forced revalidation replaces the signal; a later 304 only revalidates it.
+    replaced = SignalFetched(learner="ada", session_id=forced.payload.session_id, agent="clo", status="fetched",
+                             available=True, fresh=True, from_cache=False, attempts=1, etag='"v2"',
+                             data={"focus": "Gradients"}, validated_at=later)
+    confirmed = SignalFetched(learner="ada", session_id=forced.payload.session_id, agent="clo",
+                              status="not_modified", available=True, fresh=True, from_cache=True, attempts=1,
+                              etag='"v2"', validated_at=later + timedelta(minutes=1))
+    state, _ = apply(state, event(replaced, later))
+    clo = state.signals["clo"]
+    assert (clo.data, clo.etag, clo.fetched_at, clo.validated_at) == ({"focus": "Gradients"}, '"v2"', later, later)
+    state, _ = apply(state, event(confirmed, later + timedelta(minutes=1)))
+    clo = state.signals["clo"]
+    assert (clo.data, clo.fetched_at, clo.validated_at) == ({"focus": "Gradients"}, later, later + timedelta(minutes=1))
+
+
 def test_replaying_an_event_changes_nothing_and_the_state_round_trips():
     synced = event(intent())
     state, _ = apply(None, synced)

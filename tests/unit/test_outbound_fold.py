@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -354,3 +355,49 @@ def test_policy_overrides_in_the_config_replace_every_preference() -> None:
     user.prefs(at("2026-06-01T10:00:00Z"), daily_limit=1)
     ids = [user.queue(at("2026-06-01T23:00:00Z")) for _ in range(3)]
     assert [last_decision(user, m).decision for m in ids] == ["approved"] * 3
+
+
+# -- the decision trail keeps when a deferred message was due ---------------------------------------------------
+
+
+def test_every_deferral_records_its_due_instant_in_utc_and_local_time_for_good() -> None:
+    from projections.views.outbound import DecisionView
+    from projections.writers.outbound import message_rows
+
+    user = User(OutboundConfig(max_send_attempts=1))
+    user.prefs(at("2026-06-01T00:00:00Z"), timezone="Europe/Madrid", daily_limit=1)
+    night = user.queue(at("2026-06-01T21:00:00Z"))  # 23:00 CEST: quiet until 08:00 CEST
+    (deferral,) = [e.payload for e in user.emitted if e.type == "outbound.message.deferred"]
+    until = deferral.deferred_until
+    assert until is not None and until.at == at("2026-06-02T06:00:00Z") == deferral.due_at
+    assert (until.local_time, until.timezone, until.abbreviation, until.tz_version) == (
+        "2026-06-02T08:00:00+02:00", "Europe/Madrid", "CEST", TZ_VERSION)
+    # Released at 08:00 CEST, then its only send attempt fails: the trail still says what it was deferred until.
+    assert user.sends(user.tick(at("2026-06-02T06:00:00Z"))) == [night]
+    user.fold(SendFailed(user_id="u1", message_id=night, attempt=1, reason="whatsapp 503", retryable=True,
+                         sender="whatsapp"), at("2026-06-02T06:00:01Z"))
+    # Over budget (the failed send gave its budget back; another message spends it): due at the next local
+    # date's first instant outside quiet hours.
+    user.queue(at("2026-06-02T10:00:00Z"))
+    over = last_decision(user, user.queue(at("2026-06-02T11:00:00Z")))
+    assert over.reason == "budget_exhausted" and over.deferred_until is not None
+    assert (over.deferred_until.at, over.deferred_until.local_time) == (
+        at("2026-06-03T06:00:00Z"), "2026-06-03T08:00:00+02:00")
+    assert user.message(night).status == "failed"
+    # What GET /v1/outbound/messages/{id} answers is the read model's decisions column, parsed by the view.
+    row = next(r for r in message_rows(user.state) if r[0] == night)  # type: ignore[arg-type]
+    trail = [DecisionView.model_validate(d) for d in json.loads(row[-1])]
+    assert [d.decision for d in trail] == ["deferred", "released"]
+    shown = trail[0].deferred_until
+    assert shown is not None and (shown.at, shown.local_time, shown.abbreviation, shown.timezone) == (
+        at("2026-06-02T06:00:00Z"), "2026-06-02T08:00:00+02:00", "CEST", "Europe/Madrid")
+    assert trail[1].deferred_until is None
+
+
+def test_a_deferral_in_winter_time_records_the_winter_offset() -> None:
+    user = User()
+    user.prefs(at("2026-11-01T00:00:00Z"), timezone="America/New_York")
+    held = user.queue(at("2026-11-02T04:00:00Z"))  # 23:00 EST
+    until = last_decision(user, held).deferred_until
+    assert until is not None and (until.at, until.local_time, until.abbreviation) == (
+        at("2026-11-02T13:00:00Z"), "2026-11-02T08:00:00-05:00", "EST")

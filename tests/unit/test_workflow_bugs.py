@@ -85,3 +85,28 @@ def test_bug_stream_follows_the_fingerprint_of_the_rules_version() -> None:
     assert workflow_stream_id("acme", logged) == bug_stream_id("acme", fingerprint("boom", "a.py", 1))
     assert workflow_stream_id("acme", BugLogged(message="boom", file="a.py", line=1, rules_version=2)) == bug_stream_id(
         "acme", fingerprint("boom", "a.py", 1, version=2))
+
+
+def test_version_three_groups_numbers_inside_quoted_names_and_keeps_names_apart() -> None:
+    stack = ('Traceback (most recent call last):\n  File "/app/shop/orders.py", line 88, in load\n'
+             "    return cache[key]\n")
+    a = ("KeyError: 'order_5531'", "/app/shop/orders.py", 88, stack)
+    b = ("KeyError: 'order_77'", "/app/shop/orders.py", 88, stack)
+    # v1 and v2 keep the split as it was (replay regroups old events by the version they name).
+    assert fingerprint(*a, version=1) != fingerprint(*b, version=1)
+    assert fingerprint(*a, version=2) != fingerprint(*b, version=2)
+    assert fingerprint(*a, version=3) == fingerprint(*b, version=3)
+    assert normalise_message("KeyError: 'order_5531'", 3) == "KeyError: 'order_#'"
+    assert normalise_message('no column "col2v10" in "t_2024"', 3) == 'no column "col#v#" in "t_#"'
+    # Names that differ in letters stay two bugs; quoted data and everything else normalise as in v2.
+    assert fingerprint("KeyError: 'order_1'", "a.py", 1, version=3) != fingerprint("KeyError: 'invoice_1'", "a.py", 1,
+                                                                                   version=3)
+    assert fingerprint("HTTP status 404 for 'item_9'", "c.py", 5, version=3) != fingerprint(
+        "HTTP status 500 for 'item_9'", "c.py", 5, version=3)
+    assert normalise_message("Could not find 'John Doe 2'", 3) == "Could not find STRING"
+    # Regrouping a v2 tenant under v3 merges the split bug and nothing else.
+    reports = [a[:3], b[:3], ("KeyError: 'invoice_1'", "/app/shop/orders.py", 88)]
+    change = compare_groupings([(fingerprint(*r, version=2), fingerprint(*r, version=3)) for r in reports])
+    assert (change.groups_before, change.groups_after, change.splits) == (3, 2, {})
+    assert workflow_stream_id("acme", BugLogged(message=a[0], file=a[1], line=a[2], rules_version=3)) == (
+        bug_stream_id("acme", fingerprint(*a[:3], version=3)))

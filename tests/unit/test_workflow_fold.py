@@ -213,6 +213,22 @@ def test_bug_fold_counts_occurrences_tasks_and_times() -> None:
     assert task.state.first_seen < task.state.last_seen and task.state.file == "a.php"
 
 
+def test_bug_fold_under_rules_three_joins_quoted_ids_that_differ_only_in_numbers() -> None:
+    stack = 'Traceback (most recent call last):\n  File "/app/shop/orders.py", line 88, in load\n'
+    logged = [BugLogged(message=f"KeyError: 'order_{n}'", file="/app/shop/orders.py", line=88, stack=stack,
+                        rules_version=version) for version in (2, 3) for n in (5531, 77)]
+    v2_a, v2_b, v3_a, v3_b = (new_event("acme", p, event_id=uuid.uuid4(), occurred_at=T0, recorded_at=T0,
+                                        actor="agent:claude") for p in logged)
+    assert v2_a.stream_id != v2_b.stream_id  # v2 keeps its two bugs (replay regroups v2 events alike)
+    task = Task()
+    first = task.send(logged[2])[0].payload
+    again = task.send(logged[3])[0].payload
+    assert v3_a.stream_id == v3_b.stream_id == f"bug:acme:{first.fingerprint}"
+    assert first.new and not again.new and (again.fingerprint, again.occurrences, again.rules_version) == (
+        first.fingerprint, 2, 3)
+    assert task.state.normalized_message == "KeyError: 'order_#'"
+
+
 @pytest.mark.parametrize("kind", ["feature", "bug_fix"])
 def test_variant_phases_follow_the_template(kind: str) -> None:
     template = load_template(DEFAULT_TEMPLATE)
