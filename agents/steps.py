@@ -541,13 +541,15 @@ class StepRunner:
                                      error=None if completion else reason, occurred_at=self.clock()))
         if completion is None or plan is None:
             output = fallback_output(approved.intent, approved.data, approved.spec, self.config.summary_fallback_words)
+            # The degradation goes first: the execution completes on the executed event and must know it by then.
             events.append(self._emit(envelope, DEGRADED, StepDegraded(
                 execution_id=approved.execution_id, step_id=approved.step_id, fallback="deterministic",
                 reason=reason)))
             executed = StepExecuted(execution_id=approved.execution_id, step_id=approved.step_id,
-                                    intent=approved.intent, output=output, degraded=True,
+                                    intent=approved.intent, output=output, degraded=True, fallback="deterministic",
+                                    degraded_reason=reason,
                                     latency_ms=round((time.perf_counter() - started) * 1000, 3))
-            return [self._emit(envelope, OUTCOME, executed), self._settle(envelope, approved, "executed"), *events]
+            return [*events, self._emit(envelope, OUTCOME, executed), self._settle(envelope, approved, "executed")]
         usage = completion.usage
         compression, routing, caching, counterfactual_usd, actual_usd = savings(plan, usage, self.config.prices)
         executed = StepExecuted(

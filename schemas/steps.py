@@ -254,6 +254,9 @@ class StepExecuted(Payload, frozen=True, kw_only=True):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     degraded: bool = False
+    # When degraded: the fallback it ran on and why (the step.degraded event records the same).
+    fallback: str | None = None
+    degraded_reason: str | None = None
 
 
 class StepFailed(Payload, frozen=True, kw_only=True):
@@ -334,7 +337,7 @@ class BudgetSet(Payload, frozen=True, kw_only=True):
 
 
 class BudgetUpdated(Payload, frozen=True, kw_only=True):
-    """A budget change as applied: old and new values."""
+    """A budget change as applied: old and new values, and who asked for it (the actor of the change's event)."""
 
     scope: str
     subject: str
@@ -342,6 +345,7 @@ class BudgetUpdated(Payload, frozen=True, kw_only=True):
     new: Limit | None = None
     old_timezone: str | None = None
     new_timezone: str | None = None
+    actor: str = ""
 
 
 class FlagsSet(Payload, frozen=True, kw_only=True):
@@ -356,10 +360,11 @@ class FlagsSet(Payload, frozen=True, kw_only=True):
 
 
 class FlagsUpdated(Payload, frozen=True, kw_only=True):
-    """A flag change as applied: old and new values."""
+    """A flag change as applied: old and new values, and who asked for it (the actor of the change's event)."""
 
     old: Flags
     new: Flags
+    actor: str = ""
 
 
 _BUDGET_STREAM = (ExecutionOpened, StepEstimated, ReservationSettled, ExecutionClosed, BudgetTick, BudgetSet,

@@ -145,12 +145,14 @@ class Use(msgspec.Struct, kw_only=True):
 
 
 class ExecutionScope(msgspec.Struct, kw_only=True):
-    """An open execution's limit and use."""
+    """An open execution's limit, use and the flags in force when it opened (its decisions use those)."""
 
     agent_id: str
     user_id: str
     limit: Limit
     use: Use = msgspec.field(default_factory=Use)
+    # None only in a state written before flags were kept per execution: the tenant's flags then apply.
+    flags: Flags | None = None
 
 
 class Reservation(msgspec.Struct, frozen=True, kw_only=True):
@@ -279,7 +281,9 @@ def _execution(state: ExecutionState, envelope: Envelope) -> tuple[ExecutionStat
                                  reason=f"cancelled: {payload.reason}"))
     else:
         step = steps.get(payload.step_id)  # type: ignore[attr-defined]
-        if step is None or step.status in TERMINAL:
+        # A degradation recorded after its step executed (logs written before the runner emitted it first).
+        late = isinstance(payload, StepDegraded) and step is not None and step.status == "executed"
+        if step is None or (step.status in TERMINAL and not late):
             return state, []
         steps[step.step_id] = _step_outcome(state, step, payload, at, emit)
         if isinstance(payload, StepExecuted) and step.intent == "conditional":
@@ -299,9 +303,12 @@ def _step_outcome(state: ExecutionState, step: StepState, payload: Any, at: date
     if isinstance(payload, StepRejected):
         return _finish(step, at, "rejected", decision=f"rejected by {payload.scope}: {payload.reason}")
     if isinstance(payload, StepDegraded):
-        return replace(step, degraded=[*step.degraded, f"{payload.fallback}: {payload.reason}"])
+        return replace(step, degraded=_degraded(step.degraded, payload.fallback, payload.reason))
     if isinstance(payload, StepExecuted):
-        return replace(step, status="executed", output=payload.output, model=payload.model,
+        marks = step.degraded
+        if payload.degraded:
+            marks = _degraded(marks, payload.fallback or "deterministic", payload.degraded_reason)
+        return replace(step, status="executed", output=payload.output, model=payload.model, degraded=marks,
                        input_tokens=payload.input_tokens, output_tokens=payload.output_tokens,
                        cache_read_tokens=payload.cache_read_tokens, cache_write_tokens=payload.cache_write_tokens,
                        counterfactual_tokens=payload.counterfactual_tokens,
@@ -312,6 +319,14 @@ def _step_outcome(state: ExecutionState, step: StepState, payload: Any, at: date
         _log_bug(state, payload, emit)
         return _finish(step, at, "failed", error=payload.error, stack=payload.stack or None)
     return step
+
+
+def _degraded(marks: list[str], fallback: str, reason: str | None) -> list[str]:
+    """A step's degradations with `fallback: reason` added once; a bare `fallback` (no reason known) is its stand-in."""
+    entry = f"{fallback}: {reason}" if reason else fallback
+    if entry in marks or (reason is None and any(m.startswith(f"{fallback}: ") for m in marks)):
+        return marks
+    return [*(m for m in marks if m != fallback), entry]
 
 
 def _finish(step: StepState, at: datetime, status: Any, **changes: Any) -> StepState:
@@ -448,11 +463,13 @@ def _budget(state: BudgetState, envelope: Envelope, config: FoldConfig) -> tuple
             default = _limit(state, config, "execution", "*")
             limit = Limit(tokens=limit.tokens if limit.tokens is not None else default.tokens,
                           usd=limit.usd if limit.usd is not None else default.usd)
-            scope = ExecutionScope(agent_id=payload.agent_id, user_id=payload.user_id, limit=limit)
+            scope = ExecutionScope(agent_id=payload.agent_id, user_id=payload.user_id, limit=limit, flags=flags)
             state = replace(state, executions={**state.executions, payload.execution_id: scope})
             emit(ExecutionInitialised(execution_id=payload.execution_id, flags=flags, limit=limit))
     elif isinstance(payload, StepEstimated):
-        state = _decide(state, envelope, payload, flags, config, emit)
+        execution = state.executions.get(payload.execution_id)
+        in_force = execution.flags if execution is not None and execution.flags is not None else flags
+        state = _decide(state, envelope, payload, in_force, config, emit)
     elif isinstance(payload, ReservationSettled):
         state = _settle(state, payload, config)
     elif isinstance(payload, ExecutionClosed):
@@ -460,13 +477,13 @@ def _budget(state: BudgetState, envelope: Envelope, config: FoldConfig) -> tuple
         executions.pop(payload.execution_id, None)
         state = replace(state, executions=executions)
     elif isinstance(payload, BudgetSet):
-        state = _set_budget(state, payload, config, emit)
+        state = _set_budget(state, payload, envelope.actor, config, emit)
     elif isinstance(payload, FlagsSet):
         changes = {name: value for name in Flags.__struct_fields__ if (value := getattr(payload, name)) is not None}
         new = replace(flags, **changes)
-        if new != flags or state.flags is None:
+        if new != flags:
             state = replace(state, flags=new)
-            emit(FlagsUpdated(old=flags, new=new))
+            emit(FlagsUpdated(old=flags, new=new, actor=envelope.actor))
     return _prune(state, config), emit.out
 
 
@@ -674,20 +691,21 @@ def _expire(state: BudgetState, at: datetime, config: FoldConfig, emit: _Emitter
     return state
 
 
-def _set_budget(state: BudgetState, change: BudgetSet, config: FoldConfig, emit: _Emitter) -> BudgetState:
+def _set_budget(state: BudgetState, change: BudgetSet, actor: str, config: FoldConfig,
+                emit: _Emitter) -> BudgetState:
     if change.timezone is not None:
         old = state.timezone or config.default_timezone
-        if change.timezone != old or state.timezone is None:
+        if change.timezone != old:
             state = replace(state, timezone=change.timezone)
             emit(BudgetUpdated(scope="timezone", subject=state.tenant_id, old_timezone=old,
-                               new_timezone=change.timezone))
+                               new_timezone=change.timezone, actor=actor))
     if change.scope is not None:
         subject = state.tenant_id if change.scope == "tenant" else change.subject
         key = f"{change.scope}:{subject}"
         old_limit = state.limits.get(key) or config.default_limits.get(key)
         if old_limit != change.limit:
             state = replace(state, limits={**state.limits, key: change.limit})
-            emit(BudgetUpdated(scope=change.scope, subject=subject, old=old_limit, new=change.limit))
+            emit(BudgetUpdated(scope=change.scope, subject=subject, old=old_limit, new=change.limit, actor=actor))
             state = _restamp(state, change.scope, config)
     return state
 

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.folds.steps import local_day, zone_of
 from agents.steps import StepsSettings
@@ -39,7 +39,7 @@ from schemas.steps import (
     StepSpec,
     graph_error,
 )
-from streams.auth import Tenant
+from streams.auth import Caller, CallerDep, Tenant
 from streams.ingest import publish
 
 IdText = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")]
@@ -76,6 +76,9 @@ class Accepted(BaseModel):
 class BudgetIn(BaseModel):
     """A limit for a scope (`id` "*" sets the default for every user, agent or execution), and/or the timezone."""
 
+    # A misspelt field would otherwise be dropped and the limit set to unlimited.
+    model_config = ConfigDict(extra="forbid")
+
     scope: Literal["execution", "user", "agent", "tenant"] | None = None
     id: IdText = "*"
     tokens: int | None = Field(None, ge=0)
@@ -84,6 +87,10 @@ class BudgetIn(BaseModel):
 
 
 class FlagsIn(BaseModel):
+    """Flags to change; a field that is no flag is refused (422), one left out or null keeps its value."""
+
+    model_config = ConfigDict(extra="forbid")
+
     orchestration: bool | None = None
     compression: bool | None = None
     routing: bool | None = None
@@ -106,7 +113,7 @@ def steps_router() -> APIRouter:
 
     @router.post("/v1/executions", status_code=202, summary="Start an execution of steps",
                  responses={200: {"model": Execution, "description": "With wait=true: the finished execution"}})
-    async def start(body: ExecutionIn, request: Request, response: Response, tenant: Tenant, pool: Pool,
+    async def start(body: ExecutionIn, request: Request, response: Response, caller: CallerDep, pool: Pool,
                     wait: Annotated[bool, Query(description="Answer with the result once it is projected.")] = False,
                     ) -> Accepted | Execution:
         """202 with the execution id; with `wait=true`, 200 with steps, outputs and metrics once finished."""
@@ -114,13 +121,14 @@ def steps_router() -> APIRouter:
                           token_budget=s.token_budget, depends_on=s.depends_on) for s in body.steps]
         if (error := graph_error(steps)) is not None:
             raise HTTPException(422, error)
+        tenant = caller.tenant_id
         execution_id = body.execution_id or uuid.uuid4().hex
         payload = ExecutionStarted(execution_id=execution_id, agent_id=body.agent_id, user_id=body.user_id,
                                    steps=steps, token_budget=body.token_budget, usd_budget=body.usd_budget,
                                    context=body.context, task_code=body.task_code)
         now = datetime.now(UTC)
         event = new_event(tenant, payload, event_id=source_event_id(tenant, "execution", execution_id),
-                          occurred_at=now, recorded_at=now, actor="api:executions")
+                          occurred_at=now, recorded_at=now, actor=actor_of(caller))
         await publish(request.app.state.publisher, [event])
         accepted = Accepted(execution_id=execution_id, event_id=str(event.event_id))
         if not wait:
@@ -169,7 +177,7 @@ def steps_router() -> APIRouter:
         return await get_budget(pool, tenant, scope, subject, day, (limit.get("tokens"), limit.get("usd")))
 
     @router.put("/v1/budgets", status_code=202, response_model=Queued, summary="Set a budget limit or timezone")
-    async def set_budget(body: BudgetIn, request: Request, tenant: Tenant) -> Queued:
+    async def set_budget(body: BudgetIn, request: Request, caller: CallerDep) -> Queued:
         """Applied by the tenant's budget stream in order; the audit trail shows old and new values."""
         if body.scope is None and body.timezone is None:
             raise HTTPException(422, "scope: give a scope with its limit, or a timezone")
@@ -180,12 +188,18 @@ def steps_router() -> APIRouter:
                 raise HTTPException(422, f"timezone: {exc}") from None
         payload = BudgetSet(scope=body.scope, subject=body.id, limit=Limit(tokens=body.tokens, usd=body.usd),
                             timezone=body.timezone)
-        return await _publish(request, tenant, payload, "api:budgets")
+        return await _publish(request, caller, payload)
 
     @router.put("/v1/flags", status_code=202, response_model=Queued, summary="Set orchestration flags")
-    async def set_flags(body: FlagsIn, request: Request, tenant: Tenant) -> Queued:
-        """Orchestration, compression, routing, caching, fail-open and degrade-over-budget; unset fields stay."""
-        return await _publish(request, tenant, FlagsSet(**body.model_dump()), "api:flags")
+    async def set_flags(body: FlagsIn, request: Request, caller: CallerDep) -> Queued:
+        """Orchestration, compression, routing, caching, fail-open and degrade-over-budget; unset fields stay.
+
+        An unknown field is refused (422, naming it). A change that leaves every flag as it was records nothing;
+        a running execution keeps the flags it started with, the change applies to executions started after it.
+        """
+        if all(value is None for value in body.model_dump().values()):
+            raise HTTPException(422, f"give at least one flag: {', '.join(FlagsIn.model_fields)}")
+        return await _publish(request, caller, FlagsSet(**body.model_dump()))
 
     @router.get("/v1/rollups", response_model=list[Rollup], summary="Daily roll-up per user, agent or model")
     async def daily(tenant: Tenant, pool: Pool,
@@ -212,8 +226,14 @@ def steps_router() -> APIRouter:
     return router
 
 
-async def _publish(request: Request, tenant: str, payload: Any, actor: str) -> Queued:
+def actor_of(caller: Caller) -> str:
+    """Who asks, as the log and the audit trail name them: the token's subject (`service:<subject>` for a service)."""
+    return f"service:{caller.subject}" if caller.service else caller.subject
+
+
+async def _publish(request: Request, caller: Caller, payload: Any) -> Queued:
     now = datetime.now(UTC)
-    event = new_event(tenant, payload, event_id=uuid.uuid4(), occurred_at=now, recorded_at=now, actor=actor)
+    event = new_event(caller.tenant_id, payload, event_id=uuid.uuid4(), occurred_at=now, recorded_at=now,
+                      actor=actor_of(caller))
     await publish(request.app.state.publisher, [event])
     return Queued(event_id=str(event.event_id))

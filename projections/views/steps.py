@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from projections.views import Source, connection
 
@@ -77,6 +77,9 @@ class AuditEntry(BaseModel):
     at: datetime
     action: str
     entity: str
+    actor: str = Field(description="Who made the change: the subject of the token whose request led to it "
+                                   "(`service:<subject>` for a service token), or the producer that sent it.")
+    recorded_by: str = Field(description="The part of Baton (or the producer) that wrote this record.")
     details: dict[str, Any]
 
 
@@ -157,17 +160,22 @@ async def audit(source: Source, tenant_id: str, *, entity: str | None, action: s
     types = [AUDIT_ACTIONS[action]] if action else list(AUDIT_ACTIONS.values())
     async with connection(source) as conn:
         cur = await conn.execute(
-            "SELECT event_id, occurred_at, type, payload FROM events WHERE tenant_id = %s AND type = ANY(%s)"
-            " AND (%s::text IS NULL OR payload->>'execution_id' = %s"
-            "      OR (payload->>'scope') || ':' || (payload->>'subject') = %s"
-            "      OR (%s = 'flags' AND type = 'steps.flags.updated'))"
-            " AND (%s::timestamptz IS NULL OR occurred_at >= %s)"
+            # Who made a change: a flag or budget change names the actor of the request it applied; any other
+            # record the actor of the request that began its chain (the event its correlation id names).
+            "SELECT e.event_id, e.occurred_at, e.type, e.payload, e.actor,"
+            "       coalesce(nullif(e.payload->>'actor', ''), root.actor, e.actor)"
+            " FROM events e LEFT JOIN events root ON root.event_id = e.correlation_id AND root.tenant_id = e.tenant_id"
+            " WHERE e.tenant_id = %s AND e.type = ANY(%s)"
+            " AND (%s::text IS NULL OR e.payload->>'execution_id' = %s"
+            "      OR (e.payload->>'scope') || ':' || (e.payload->>'subject') = %s"
+            "      OR (%s = 'flags' AND e.type = 'steps.flags.updated'))"
+            " AND (%s::timestamptz IS NULL OR e.occurred_at >= %s)"
             # Emissions of a fold carry their cause's time: ties are ordered as the lifecycle goes.
-            " ORDER BY occurred_at, array_position(%s::text[], type), event_id LIMIT %s",
+            " ORDER BY e.occurred_at, array_position(%s::text[], e.type), e.event_id LIMIT %s",
             (tenant_id, types, entity, entity, entity, entity, since, since, list(AUDIT_ACTIONS.values()), limit))
         rows = await cur.fetchall()
     return [AuditEntry(event_id=str(r[0]), at=r[1], action=_ACTION_OF[r[2]], entity=_entity(r[2], r[3]),
-                       details=r[3]) for r in rows]
+                       actor=r[5], recorded_by=r[4], details=r[3]) for r in rows]
 
 
 def _entity(event_type: str, payload: dict[str, Any]) -> str:

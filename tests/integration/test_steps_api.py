@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -15,7 +16,7 @@ from streams.auth import issue_token
 from streams.embedded import child_env
 from streams.runtime import Runtime
 from streams.settings import settings_env
-from tests.fake_anthropic import FakeAnthropic
+from tests.fake_anthropic import FakeAnthropic, count_tokens, error_body
 from tests.integration.conftest import eventually, module_runtime
 
 pytestmark = pytest.mark.integration
@@ -67,8 +68,13 @@ def workflow(user: str = "u1", agent: str = "support-bot", **extra) -> dict:
     }
 
 
+KNOWN = ("steps", "executed", "skipped", "failed", "rejected", "degraded", "input_tokens", "output_tokens",
+         "cache_write_tokens", "cache_read_tokens", "tokens_used")
+
+
 def test_an_execution_runs_its_dag_in_parallel_and_answers_with_outputs_and_metrics(api: httpx.Client,
-                                                                                     runtime: Runtime) -> None:
+                                                                                     runtime: Runtime,
+                                                                                     fake: FakeAnthropic) -> None:
     response = api.post("/v1/executions?wait=true", json=workflow(execution_id="wf-1"))
     assert response.status_code == 200, response.text
     result = response.json()
@@ -85,9 +91,19 @@ def test_an_execution_runs_its_dag_in_parallel_and_answers_with_outputs_and_metr
     assert metrics["budget_utilisation"]["execution"] > 0
     # The two independent roots were requested by one fold step.
     assert steps["check"]["requested_at"] == steps["facts"]["requested_at"]
+    first_calls = len(fake.requests)
     again = api.post("/v1/executions?wait=true", json=workflow(execution_id="wf-2"))
     assert again.json()["metrics"]["cache_read_tokens"] > 0  # the stable prefix was served from the cache
-    assert api.get("/v1/executions/wf-1").json()["metrics"] == metrics
+    # The one model call as the fake billed it: the system prompt written to the cache, the prompt, the reply.
+    (call,) = [r for r in fake.requests[:first_calls]
+               if r["path"] == "/v1/messages" and "o3 is late" in str(r["messages"])]
+    cache_write, prompt, output = (count_tokens(call["system"]), count_tokens(call["messages"]),
+                                   count_tokens('{"customer": "Ana", "total": 3}'))
+    assert {k: metrics[k] for k in KNOWN} == {
+        "steps": 7, "executed": 6, "skipped": 1, "failed": 0, "rejected": 0, "degraded": 0,
+        "input_tokens": prompt + cache_write, "output_tokens": output, "cache_write_tokens": cache_write,
+        "cache_read_tokens": 0, "tokens_used": prompt + cache_write + output}
+    assert metrics["cost_usd"] == pytest.approx((prompt * 1.0 + cache_write * 1.25 + output * 5.0) / 1e6, abs=1e-9)
     other = {"Authorization": f"Bearer {issue_token(runtime.settings, 'globex')}"}
     assert api.get("/v1/executions/wf-1", headers=other).status_code == 404
 
@@ -95,6 +111,9 @@ def test_an_execution_runs_its_dag_in_parallel_and_answers_with_outputs_and_metr
     actions = [a["action"] for a in audit]
     assert actions[0] == "started" and "initialised" in actions and actions[-1] == "completed"
     assert actions.count("step_executed") == 6
+    # Every record names who made it happen (the token's subject) and which part of Baton wrote it.
+    assert {a["actor"] for a in audit} == {"tenant:acme"}
+    assert {"fold:steps", "effect:steps", "tenant:acme"} <= {a["recorded_by"] for a in audit}
     day = result["steps"][0]["finished_at"][:10]
     models = {r["subject"]: r for r in api.get("/v1/rollups", params={"by": "model", "date": day}).json()}
     assert models["claude-haiku-4-5"]["steps"] >= 2 and models["claude-haiku-4-5"]["usd_saved"] > 0
@@ -158,6 +177,100 @@ def test_a_failed_step_becomes_a_bug(api: httpx.Client) -> None:
     bugs = eventually(lambda: [b for b in api.get("/v1/bugs").json()["bugs"] if "validate step failed" in b["message"]],
                       "bug logged")
     assert bugs[0]["fingerprint"] and bugs[0]["file"].endswith("steps.py")
+
+
+def flag_changes(api: httpx.Client) -> list[dict]:
+    return api.get("/v1/audit", params={"entity": "flags"}).json()
+
+
+def test_a_misspelt_or_empty_flag_change_is_refused_and_a_change_to_nothing_records_nothing(
+        api: httpx.Client, runtime: Runtime) -> None:
+    # The previous test's last change has been applied: nothing but this test's changes comes after `before`.
+    (before,) = eventually(lambda: (not (c := flag_changes(api)) or c[-1]["details"]["new"]["orchestration"])
+                           and (c,), "orchestration back on")
+    misspelt = api.put("/v1/flags", json={"orchestraton": False, "caching": False})
+    assert misspelt.status_code == 422, misspelt.text
+    assert [e["loc"] for e in misspelt.json()["detail"]] == [["body", "orchestraton"]]
+    empty = api.put("/v1/flags", json={})
+    assert empty.status_code == 422 and "orchestration" in empty.json()["detail"]
+    assert api.put("/v1/budgets", json={"scope": "user", "id": "u9", "tokns": 5}).status_code == 422
+    # A change to the values in force records nothing; the real change after it is the only new record.
+    assert api.put("/v1/flags", json={"orchestration": True, "caching": True}).status_code == 202
+    assert api.put("/v1/flags", json={"fail_open": True}).status_code == 202
+    after = eventually(lambda: len(c := flag_changes(api)) > len(before) and c, "flag change applied")
+    assert len(after) == len(before) + 1
+    (change,) = after[len(before):]
+    assert (change["details"]["old"]["fail_open"], change["details"]["new"]["fail_open"]) == (False, True)
+    assert change["actor"] == "tenant:acme" and change["recorded_by"] == "fold:steps"
+    # A service token is named as the service.
+    service = {"Authorization": f"Bearer {issue_token(runtime.settings, 'acme', service=True, subject='ops-bot')}"}
+    assert api.put("/v1/flags", json={"fail_open": False}, headers=service).status_code == 202
+    back = eventually(lambda: len(c := flag_changes(api)) > len(after) and c, "flag change applied")
+    assert back[-1]["actor"] == "service:ops-bot" and back[-1]["details"]["new"]["fail_open"] is False
+
+
+def test_a_failed_model_call_shows_as_degraded_on_the_execution(api: httpx.Client, fake: FakeAnthropic) -> None:
+    def overloaded(body: dict) -> tuple[int, dict] | None:
+        return (529, error_body("overloaded_error", "busy")) if "DEGRADE-ME" in str(body["messages"]) else None
+
+    fake.responder = overloaded
+    try:
+        result = api.post("/v1/executions?wait=true", json={
+            "execution_id": "degraded-1", "agent_id": "plain", "user_id": "u3",
+            "steps": [{"step_id": "s", "intent": "summarize", "input": "DEGRADE-ME one two three"},
+                      {"step_id": "t", "intent": "transform", "depends_on": ["s"], "spec": {"expression": "steps.s"}}],
+        }).json()
+    finally:
+        fake.responder = None
+    assert result["status"] == "succeeded", result
+    step = result["steps"][0]
+    assert step["output"] == "DEGRADE-ME one two three" and len(step["degraded"]) == 1
+    assert step["degraded"][0].startswith("deterministic: model call failed") and "529" in step["degraded"][0]
+    assert result["metrics"]["degraded"] == 1 and result["steps"][1]["degraded"] == []
+    audit = api.get("/v1/audit", params={"entity": "degraded-1", "action": "step_degraded"}).json()
+    assert [a["entity"] for a in audit] == ["execution:degraded-1/step:s"]
+
+
+def test_a_flag_changed_during_an_execution_applies_only_to_later_executions(api: httpx.Client,
+                                                                             fake: FakeAnthropic) -> None:
+    """The issue's run: orchestration switched off while step a runs; step b (over the limit) is still refused."""
+    entered, release = threading.Event(), threading.Event()
+
+    def held(body: dict) -> None:
+        if "HOLD-ME" in str(body["messages"]):
+            entered.set()
+            release.wait(30)
+
+    limit = 2000
+    assert api.put("/v1/budgets", json={"scope": "user", "id": "midrun", "tokens": limit}).status_code == 202
+    eventually(lambda: api.get("/v1/audit", params={"entity": "user:midrun", "action": "budget_changed"}).json(),
+               "limit applied")
+    fake.responder = held
+    try:
+        body = {"execution_id": "midrun-1", "agent_id": "plain", "user_id": "midrun", "steps": [
+            {"step_id": "a", "intent": "summarize", "input": "HOLD-ME " + "x " * 50},
+            {"step_id": "b", "intent": "summarize", "depends_on": ["a"], "input": "word " * 2500}]}
+        assert api.post("/v1/executions", json=body).status_code == 202
+        assert entered.wait(60), "step a never reached the model"
+        changes = len(flag_changes(api))
+        assert api.put("/v1/flags", json={"orchestration": False}).status_code == 202
+        eventually(lambda: len(flag_changes(api)) > changes, "orchestration switched off")
+    finally:
+        release.set()
+        fake.responder = None
+    try:
+        result = eventually(lambda: (r := api.get("/v1/executions/midrun-1").json()).get("status")
+                            in ("failed", "succeeded") and r, "midrun-1 finished", 120)
+        assert result["flags"]["orchestration"] is True
+        a, b = result["steps"]
+        assert a["status"] == "executed" and "not enforced" not in a["decision"]
+        assert b["status"] == "rejected" and b["decision"].startswith("rejected by user"), b["decision"]
+        used = eventually(lambda: (u := api.get("/v1/budgets", params={"scope": "user", "id": "midrun"}).json())
+                          ["reserved_tokens"] == 0 and u, "reservations settled")
+        assert 0 < used["used_tokens"] <= limit and used["rejected"] == 1
+    finally:
+        assert api.put("/v1/flags", json={"orchestration": True}).status_code == 202
+        eventually(lambda: flag_changes(api)[-1]["details"]["new"]["orchestration"] is True, "orchestration back on")
 
 
 def test_replay_rebuilds_identical_read_models_without_network(runtime: Runtime, fake: FakeAnthropic) -> None:

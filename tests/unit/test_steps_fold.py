@@ -24,6 +24,7 @@ from schemas.steps import (
     Plan,
     ReservationSettled,
     Savings,
+    StepDegraded,
     StepEstimated,
     StepExecuted,
     StepFailed,
@@ -249,7 +250,11 @@ def test_a_usd_limit_degrades_to_a_cheaper_model_when_configured():
     open_execution(log, "e1")
     assert types(log.run(event(request), follow=False))[0] == "steps.step.rejected"
     log.run(event(FlagsSet(degrade_over_budget=True)), follow=False)
-    out = log.run(event(StepEstimated(**{**_fields(request), "step_id": "s2"})), follow=False)
+    # The flag applies to executions opened after the change (e1 keeps the flags it opened with).
+    assert types(log.run(event(StepEstimated(**{**_fields(request), "step_id": "s2"})), follow=False))[0] == \
+        "steps.step.rejected"
+    open_execution(log, "e2")
+    out = log.run(event(StepEstimated(**{**_fields(request), "execution_id": "e2"})), follow=False)
     assert types(out) == ["steps.step.degraded", "steps.step.approved"]
     assert out[1].payload.plan.model == "claude-haiku-4-5" and out[1].payload.reserved_usd == 0.004
 
@@ -405,3 +410,100 @@ def test_metrics_add_up_tokens_savings_cost_and_utilisation():
     # The user's share at the last approval: 2000 reserved of 10 000.
     assert m["budget_utilisation"]["user"] == 0.2
     assert log.execution("x1").status == "succeeded"
+
+
+# ---- issue 19 --------------------------------------------------------------------------------------------------
+
+
+def degraded(step_id: str, execution_id: str = "x1", reason: str = "model call failed: 529") -> StepDegraded:
+    return StepDegraded(execution_id=execution_id, step_id=step_id, fallback="deterministic", reason=reason)
+
+
+def test_a_step_executed_degraded_counts_as_degraded_even_when_its_degraded_event_comes_after():
+    """Logs written before the runner emitted step.degraded first: executed (degraded=True), then degraded."""
+    log = Log()
+    log.run(event(started(StepSpec(step_id="a", intent="summarize"),
+                          StepSpec(step_id="b", intent="summarize", depends_on=["a"]))))
+    log.run(event(executed("a", output="x", degraded=True)))
+    log.run(event(degraded("a")))
+    log.run(event(executed("b", output="y", degraded=True)))
+    out = log.run(event(degraded("b")))
+    state = log.execution("x1")
+    assert [s.degraded for s in state.steps] == [["deterministic: model call failed: 529"], ["deterministic"]]
+    assert state.metrics["degraded"] == 2 and out == []
+    (completed,) = [e.payload for e in log.emitted if e.type == "steps.execution.completed"]
+    assert completed.metrics["degraded"] == 2
+
+
+def test_a_degraded_event_before_its_step_executed_is_recorded_once():
+    log = Log()
+    log.run(event(started(StepSpec(step_id="a", intent="summarize"))))
+    log.run(event(degraded("a")))
+    log.run(event(executed("a", output="x", degraded=True, fallback="deterministic",
+                           degraded_reason="model call failed: 529")))
+    state = log.execution("x1")
+    assert state.steps[0].degraded == ["deterministic: model call failed: 529"]
+    assert state.status == "succeeded" and state.metrics["degraded"] == 1
+
+
+def test_an_execution_keeps_the_flags_in_force_when_its_budget_scope_opened():
+    """Orchestration switched off mid-run: the running execution's dependent step is still enforced."""
+    log = Log()
+    log.run(event(BudgetSet(scope="user", subject="u1", limit=Limit(tokens=2000))), follow=False)
+    log.run(event(started(StepSpec(step_id="a", intent="extract"),
+                          StepSpec(step_id="b", intent="extract", depends_on=["a"]))))
+    log.run(event(FlagsSet(orchestration=False), T0 + timedelta(seconds=1)), follow=False)
+    log.run(event(estimate("x1", "a", 1500), T0 + timedelta(seconds=2)))
+    log.run(event(settle("x1", "a", "executed", used=1500), T0 + timedelta(seconds=3)), follow=False)
+    out = log.run(event(executed("a", output=1), T0 + timedelta(seconds=3)))
+    (requested,) = [e.payload for e in out if e.type == "steps.step.requested"]
+    assert requested.flags.orchestration is True
+    decision = log.run(event(estimate("x1", "b", 1000), T0 + timedelta(seconds=4)), follow=False)
+    assert types(decision) == ["steps.step.rejected", "steps.budget.exceeded"]
+    assert use(log, "user:u1").used_tokens + use(log, "user:u1").reserved_tokens == 1500
+    # An execution opened after the change runs with orchestration off: recorded, not enforced.
+    open_execution(log, "x2", at=T0 + timedelta(seconds=5))
+    late = log.run(event(estimate("x2", "s1", 1000), T0 + timedelta(seconds=6)), follow=False)
+    assert types(late) == ["steps.step.approved"] and late[0].payload.enforced is False
+    # The other way round: opened with orchestration off, switched on mid-run, still not enforced.
+    log.run(event(FlagsSet(orchestration=True), T0 + timedelta(seconds=7)), follow=False)
+    again = log.run(event(estimate("x2", "s2", 1000), T0 + timedelta(seconds=8)), follow=False)
+    assert types(again) == ["steps.step.approved"] and again[0].payload.enforced is False
+    assert again[0].payload.flags.orchestration is False
+
+
+def test_the_captured_flags_survive_a_rebuild_from_the_log():
+    events = [event(ExecutionOpened(execution_id="e1", agent_id="a1", user_id="u1")),
+              event(FlagsSet(orchestration=False), T0 + timedelta(seconds=1)),
+              event(BudgetSet(scope="user", subject="u1", limit=Limit(tokens=10)), T0 + timedelta(seconds=2)),
+              event(estimate("e1", "s1", 500), T0 + timedelta(seconds=3))]
+    first, second = Log(), Log()
+    live = [types(first.run(e, follow=False)) for e in events]
+    from agents.folds.steps import decode_state, encode_state
+    for e in events[:2]:
+        second.run(e, follow=False)
+    second.states = {k: decode_state(encode_state(v)) for k, v in second.states.items()}  # a restart mid-log
+    replayed = [types(second.run(e, follow=False)) for e in events[2:]]
+    assert live[-1] == replayed[-1] == ["steps.step.rejected", "steps.budget.exceeded"]
+    assert first.budget.executions["e1"].flags.orchestration is True
+
+
+def test_a_flag_change_that_changes_nothing_records_nothing():
+    log = Log()
+    assert log.run(event(FlagsSet()), follow=False) == []
+    assert log.run(event(FlagsSet(orchestration=True, caching=True)), follow=False) == []  # the defaults already
+    assert log.run(event(BudgetSet(timezone="UTC")), follow=False) == []  # the default timezone already
+    change = log.run(event(FlagsSet(caching=False)), follow=False)
+    assert types(change) == ["steps.flags.updated"] and change[0].payload.old != change[0].payload.new
+
+
+def test_flag_and_budget_changes_name_who_asked():
+    log = Log()
+    asked = new_event(TENANT, FlagsSet(routing=False), event_id=uuid.uuid4(), occurred_at=T0, recorded_at=T0,
+                      actor="service:ops-bot")
+    (flags,) = log.run(asked, follow=False)
+    assert flags.payload.actor == "service:ops-bot" and flags.actor == "fold:steps"
+    budget = new_event(TENANT, BudgetSet(scope="user", subject="u1", limit=Limit(tokens=5)), event_id=uuid.uuid4(),
+                       occurred_at=T0, recorded_at=T0, actor="tenant:acme")
+    (limit,) = log.run(budget, follow=False)
+    assert limit.payload.actor == "tenant:acme"

@@ -317,3 +317,38 @@ async def test_send_replies_in_the_conversation_when_there_is_no_outbound_domain
     reply = events["conversation.reply.requested"]
     assert (reply.contact, reply.text) == ("34600000001", "Hola")
     assert events["steps.step.executed"].output["queued"] == "conversation"
+
+
+async def test_a_failed_model_call_marks_the_step_and_the_execution_degraded():
+    """The runner's outcome events folded in log order: the execution shows the degradation and counts it."""
+    from agents.folds.steps import ExecutionState
+    from schemas.steps import ExecutionStarted, StepSpec
+
+    def answer(body):
+        return 529, error_body("overloaded_error", "busy")
+
+    started = new_event("acme", ExecutionStarted(execution_id="x1", agent_id="a1", user_id="u1", steps=[
+        StepSpec(step_id="s1", intent="summarize", input="one two three", spec={"fallback": "input"})]),
+        event_id=uuid.uuid4(), occurred_at=AT, recorded_at=AT, actor="test")
+    execution, opened = fold(None, started, FoldConfig())
+    budget, (initialised,) = fold(None, opened[0], FoldConfig())
+    execution, (request,) = fold(execution, initialised, FoldConfig())
+    with FakeAnthropic(responder=answer) as fake:
+        runner = runner_for(fake)
+        (estimated,) = await runner.run(request)
+        budget, (approved,) = fold(budget, estimated, FoldConfig())
+        out = await runner.run(approved)
+    execution, _ = fold(execution, approved, FoldConfig())
+    emitted = []
+    for envelope in [e for e in out if e.stream_id == "execution:acme:x1"]:
+        execution, more = fold(execution, envelope, FoldConfig())
+        emitted.extend(more)
+    assert isinstance(execution, ExecutionState) and execution.status == "succeeded"
+    (step,) = execution.steps
+    assert step.output == "one two three" and len(step.degraded) == 1
+    assert step.degraded[0].startswith("deterministic: model call failed") and "529" in step.degraded[0]
+    assert execution.metrics["degraded"] == 1
+    (completed,) = [e.payload for e in emitted if e.type == "steps.execution.completed"]
+    assert completed.metrics["degraded"] == 1
+    executed = by_type(out)["steps.step.executed"]
+    assert (executed.fallback, executed.degraded_reason) == ("deterministic", step.degraded[0].split(": ", 1)[1])
