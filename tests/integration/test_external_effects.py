@@ -319,9 +319,9 @@ def test_classifier_outage_falls_back_to_rules(settings: Settings) -> None:
                     " WHERE r.type = 'conversation.message.routed' ORDER BY m.occurred_at")]
     finally:
         fake.close()
-    assert fake.classifications >= 2
+    assert fake.classifications == 2  # one call per message: the classifier does not retry an overloaded model
     assert [(p["method"], p["lane"]) for p in routed] == [("rules", "info"), ("rules", "commerce")]
-    assert all(p["fallback_reason"] for p in routed)
+    assert all("529" in p["fallback_reason"] and "overloaded_error" in p["fallback_reason"] for p in routed), routed
 
 
 def more_messages(contacts: int, per_contact: int, start: datetime, tag: str) -> list[Envelope]:

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,7 +206,13 @@ def test_every_error_code(learning: Learning) -> None:
         assert other_tenant.get("/v1/learning/status").json()["active_intent"] is None
 
     with learning.client("hasty") as api:
-        answers = [api.get("/v1/learning/status") for _ in range(40)]
+        answers: list[httpx.Response] = []
+        started = time.monotonic()
+        while not any(a.status_code == 429 for a in answers):
+            # BURST tokens plus RATE_PER_S a second since the first: one request past that must be refused.
+            assert len(answers) <= 30 + 5 * (time.monotonic() - started) + 1 and len(answers) < 500, \
+                f"{len(answers)} requests in {time.monotonic() - started:.1f} s and none refused"
+            answers.append(api.get("/v1/learning/status"))
     limited = [a for a in answers if a.status_code == 429]
     assert limited and limited[0].json()["code"] == "rate_limited" and int(limited[0].headers["Retry-After"]) >= 1
 

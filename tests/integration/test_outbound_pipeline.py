@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import psycopg
 import pytest
+import tzdata
 import typer
 from typer.testing import CliRunner
 
@@ -134,7 +135,8 @@ def test_queue_decide_and_send_through_whatsapp_with_one_retry(api: httpx.Client
     sent = eventually(lambda: message(api, first, "sent"), "the message sent")
     assert sent["decisions"][0]["decision"] == "approved" and sent["decisions"][0]["reason"] == "slot_available"
     inputs = sent["decisions"][0]["inputs"]
-    assert inputs["timezone"] == "Europe/Madrid" and inputs["tz_version"] and inputs["budget_after"] == 1
+    assert inputs["timezone"] == "Europe/Madrid" and inputs["tz_version"] == tzdata.IANA_VERSION
+    assert inputs["budget_after"] == 1
     assert sent["rendered_text"] == "Your summary is ready" and sent["whatsapp_message_id"].startswith("wamid.fake.")
 
     whatsapp.fail_next(1)  # the next send gets a 503; the wake-up timer retries it after the backoff
