@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -169,6 +170,7 @@ async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Reb
     consumer = await assigned_consumer(settings, list(domains), f"{settings.app_id}-replay")
     try:
         tps = sorted(consumer.assignment())
+        partitions = Counter(tp.topic for tp in tps)  # the topics' own counts: replay may run with other settings
         changelog_tps = await topic_partitions(consumer, list(state_changelogs(settings)))
         starts = await consumer.beginning_offsets(tps)
         ends = await log_end_offsets(settings, tps + changelog_tps)
@@ -184,7 +186,7 @@ async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Reb
             batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=10_000)
             for tp, records in batch.items():
                 # A record on a partition its key does not belong to is read where the worker forwarded it.
-                kept = [r for r in records if r.offset < ends[tp] and not misplaced(r, settings.topic_partitions)]
+                kept = [r for r in records if r.offset < ends[tp] and not misplaced(r, partitions[tp.topic])]
                 _archive(rebuild, tp, kept)
                 result = fold_batch([Record(tp.topic, tp.partition, r.offset, r.key, r.value) for r in kept],
                                     states.get, folders[tp.topic])
