@@ -3,6 +3,7 @@
 from schemas.catalog import EventCatalog
 from schemas.codec import (
     Registration,
+    check_storable,
     decode,
     encode,
     new_event,
@@ -11,6 +12,7 @@ from schemas.codec import (
     registration,
     registration_of,
     stream_id_for,
+    to_utc,
 )
 from schemas.envelope import (
     Envelope,
@@ -23,12 +25,13 @@ from schemas.errors import (
     DecodeError,
     SchemaError,
     UnknownEventType,
+    UnstorableEvent,
     UnsupportedSchemaVersion,
 )
 
 __all__ = [
-    "DecodeError", "Envelope", "EventCatalog", "Payload", "Registration", "SchemaError",
-    "UnknownEventType", "UnsupportedSchemaVersion", "decode", "derived_event_id", "emitted",
+    "DecodeError", "Envelope", "EventCatalog", "Payload", "Registration", "SchemaError", "UnknownEventType",
+    "UnstorableEvent", "UnsupportedSchemaVersion", "check_storable", "decode", "derived_event_id", "emitted",
     "encode", "new_event", "payload_from_builtins", "register_catalog", "registration", "registration_of",
-    "source_event_id", "stream_id_for",
+    "source_event_id", "stream_id_for", "to_utc",
 ]

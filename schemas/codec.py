@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
@@ -15,6 +17,7 @@ from schemas.errors import (
     SchemaError,
     UnknownEventType,
     UnsupportedSchemaVersion,
+    UnstorableEvent,
 )
 from schemas.upcasters import UPCASTERS
 
@@ -142,6 +145,13 @@ def payload_from_builtins(event_type: str, schema_version: int, document: Any) -
 def decode(data: bytes) -> Envelope:
     """Decode log bytes into an envelope; DecodeError names what is wrong."""
     try:
+        return _decode(data)
+    except RecursionError:  # JSON nested deeper than the decoder recurses: bad bytes like any other
+        raise DecodeError("invalid envelope: nested too deeply to decode") from None
+
+
+def _decode(data: bytes) -> Envelope:
+    try:
         header = _header_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise DecodeError(f"invalid envelope: {exc}") from None
@@ -174,3 +184,84 @@ def decode(data: bytes) -> Envelope:
 
 def _in_payload(exc: Exception) -> str:
     return str(exc).replace("at `$", "at `$.payload", 1)
+
+
+# What PostgreSQL and the read models can hold, checked once at every edge (check_storable).
+MAX_DEPTH = 32  # levels of lists and objects in a payload (typed records do not count)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)  # exclusive: folds add days and weeks to event times without overflow
+
+
+def check_storable(envelope: Envelope, path: str = "") -> Envelope:
+    """The envelope, once every value in it can be stored and served back: no NUL or unpaired surrogate in a
+    string (keys included), lists and objects nested at most MAX_DEPTH deep, integers within int64, finite
+    floats, instants in [EARLIEST, LATEST). UnstorableEvent names the first field that fails, under `path`."""
+    prefix = f"{path}." if path else ""
+    _check(envelope.payload, f"{prefix}payload", 0)
+    for name in ("type", "tenant_id", "stream_id", "actor"):
+        _check_text(getattr(envelope, name), f"{prefix}{name}")
+    for name in ("occurred_at", "recorded_at"):
+        _check_instant(getattr(envelope, name), f"{prefix}{name}")
+    return envelope
+
+
+def to_utc(value: datetime, path: str) -> datetime:
+    """An aware instant converted to UTC, once it is in the storable range (the conversion then cannot overflow)."""
+    _check_instant(value, path)
+    return value.astimezone(UTC)
+
+
+def _check(value: Any, path: str, depth: int) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        _check_text(value, path)
+    elif isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise UnstorableEvent(path, "integer outside the 64-bit signed range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise UnstorableEvent(path, f"{value} is not a finite number")
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            _check(getattr(value, name), f"{path}.{name}", depth)
+    elif isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            raise UnstorableEvent(path, f"nested deeper than {MAX_DEPTH} levels of lists and objects")
+        for key, item in value.items():
+            if isinstance(key, str):
+                _check_text(key, path, what=f"key {key[:64]!r}")
+            else:
+                _check(key, path, depth + 1)
+            _check(item, _member(path, key), depth + 1)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        if depth >= MAX_DEPTH:
+            raise UnstorableEvent(path, f"nested deeper than {MAX_DEPTH} levels of lists and objects")
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]", depth + 1)
+    elif isinstance(value, datetime):
+        _check_instant(value, path)
+
+
+def _check_text(text: str, path: str, what: str = "text") -> None:
+    if "\x00" in text:
+        raise UnstorableEvent(path, f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnstorableEvent(path, f"{what} contains an unpaired surrogate, which is not UTF-8") from None
+
+
+def _check_instant(value: datetime, path: str) -> None:
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not EARLIEST <= aware < LATEST:
+        raise UnstorableEvent(path, f"{value.isoformat()} is outside the supported range"
+                                    " [1970-01-01T00:00:00Z, 9999-01-01T00:00:00Z)")
+
+
+def _member(path: str, key: object) -> str:
+    if isinstance(key, str) and key.isidentifier():
+        return f"{path}.{key}"
+    return f"{path}[{json.dumps(key)[:66] if isinstance(key, str) else key}]"

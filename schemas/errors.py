@@ -38,3 +38,12 @@ class UnsupportedSchemaVersion(DecodeError):
         )
         self.event_type = event_type
         self.version = version
+
+
+class UnstorableEvent(SchemaError):
+    """A valid event holding a value PostgreSQL or the read models cannot hold; names the field."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem

@@ -2,6 +2,9 @@
 
 Tokens carry `iss` and `aud` (checked), a `kid` naming the secret that signed them (rotation: every secret of
 BATON_JWT_SECRETS verifies, the first signs), `sub` (a learner, or `tenant:<id>`) and, for services, `scope`.
+Scopes: none (the tenant or a user), `service` (acts for its own tenant: operations, any learner by X-User-ID) and
+`agent` (what Baton hands a learning agent it calls: reads the learning routes of the one learner it names, GET
+only; every other route answers 403). No token spans tenants.
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ ISSUER = "baton"
 AUDIENCE = "baton-api"
 LEEWAY_S = 30
 SERVICE_SCOPE = "service"
+AGENT_SCOPE = "agent"
 
 _bearer = HTTPBearer(auto_error=False)
 
 
 class Caller(NamedTuple):
-    """Who is calling: the tenant, the subject within it, and whether the token is a service's."""
+    """Who is calling: the tenant, the subject within it, and whether the token is a service's or an agent's."""
 
     tenant_id: str
     subject: str
     service: bool
+    agent: bool = False
 
 
 class TokenRejected(Exception):
@@ -43,13 +48,17 @@ def key_id(secret: str) -> str:
 
 
 def issue_token(settings: Settings, tenant_id: str, ttl_s: int = 30 * 24 * 3600, *, subject: str | None = None,
-                service: bool = False) -> str:
-    """A token for one tenant (and subject), signed with the first configured secret."""
+                service: bool = False, agent: bool = False) -> str:
+    """A token for one tenant (and subject), signed with the first configured secret; `agent`: see the module doc."""
+    if service and agent:
+        raise ValueError("a token is a service's or an agent's, not both")
     now = int(time.time())
     claims: dict[str, object] = {"iss": ISSUER, "aud": AUDIENCE, "sub": subject or f"tenant:{tenant_id}",
                                  "tenant_id": tenant_id, "iat": now, "exp": now + ttl_s}
     if service:
         claims["scope"] = SERVICE_SCOPE
+    if agent:
+        claims["scope"] = AGENT_SCOPE
     secret = settings.jwt_keys[0]
     return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_id(secret)})
 
@@ -58,7 +67,7 @@ def caller_from_token(settings: Settings, token: str) -> Caller:
     """The caller a valid token names; TokenRejected (with the reason) otherwise."""
     try:
         kid = jwt.get_unverified_header(token).get("kid")
-    except jwt.DecodeError:
+    except jwt.InvalidTokenError:  # DecodeError, and a header PyJWT refuses (e.g. a `kid` that is not a string)
         raise TokenRejected("malformed token") from None
     keys = settings.jwt_keys
     if kid is not None:
@@ -92,7 +101,8 @@ def caller_from_token(settings: Settings, token: str) -> Caller:
         raise TokenRejected("token names no tenant_id")
     if not isinstance(subject, str) or not subject:
         raise TokenRejected("token names no subject")
-    return Caller(tenant_id, subject, claims.get("scope") == SERVICE_SCOPE)
+    scope = claims.get("scope")
+    return Caller(tenant_id, subject, scope == SERVICE_SCOPE, scope == AGENT_SCOPE)
 
 
 class EdgeLimits:
@@ -115,7 +125,26 @@ def require_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """FastAPI dependency: the authenticated caller (401 otherwise), within its tenant's rate limit (429)."""
+    """FastAPI dependency: the authenticated caller (401 otherwise), within its tenant's rate limit (429); an agent
+    token is refused (403): only the routes that take `AgentOrCallerDep` accept one."""
+    caller = _authenticated(request, credentials)
+    if caller.agent:
+        raise HTTPException(403, "an agent token only reads the learning routes of its learner")
+    return caller
+
+
+def require_caller_or_agent(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """FastAPI dependency: as require_caller, but an agent token is accepted for reads (GET, HEAD)."""
+    caller = _authenticated(request, credentials)
+    if caller.agent and request.method not in ("GET", "HEAD"):
+        raise HTTPException(403, "an agent token only reads (GET) the learning routes of its learner")
+    return caller
+
+
+def _authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
@@ -132,6 +161,7 @@ def require_caller(
 
 
 CallerDep = Annotated[Caller, Depends(require_caller)]
+AgentOrCallerDep = Annotated[Caller, Depends(require_caller_or_agent)]
 
 
 def require_tenant(caller: CallerDep) -> str:

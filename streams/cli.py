@@ -162,6 +162,14 @@ def token(
 
 
 @cli.command()
+def asyncapi() -> None:
+    """Print the AsyncAPI 3.0 document of the domain topics (JSON), as GET /v1/asyncapi.json serves it."""
+    from streams.asyncapi import asyncapi_document
+
+    print(json.dumps(asyncapi_document(get_settings()), indent=2))
+
+
+@cli.command()
 def replay(verify: Annotated[bool, typer.Option(help="Diff the rebuild against the live read models.")] = False) -> None:
     """Rebuild every read model from the log into a shadow schema (and diff it with --verify)."""
     from projections.replay import replay as run_replay
@@ -190,9 +198,13 @@ def status(
 
     def render():
         found = asyncio.run(collect_status(settings))
-        roles = Table("role", "state", "detail", title="Roles")
+        roles = Table("role", "state", "restarts", "last exit (UTC)", "detail", title="Roles")
+        colour = {"up": "green", "restarting": "yellow"}
         for role in found.roles:
-            roles.add_row(role.role, "[green]up[/green]" if role.up else "[red]down[/red]", role.detail)
+            last = "-" if role.last_exit_at is None else \
+                f"{role.last_exit_code} at {role.last_exit_at.strftime('%Y-%m-%d %H:%M:%S')}"
+            roles.add_row(role.role, f"[{colour.get(role.state, 'red')}]{role.state}[/]", str(role.restarts), last,
+                          role.detail)
         domains = Table("domain", "records", "worker lag", "projector lag", "last event (UTC)", title="Domains")
         for d in found.domains:
             domains.add_row(d.domain, str(d.records), _lag(d.worker_lag, max_lag), _lag(d.projector_lag, max_lag),

@@ -69,8 +69,32 @@ def parse_dead_letter(data: bytes) -> DeadLetter:
         raise DeadLetterError(f"not a dead-letter record: {exc}") from None
 
 
-async def list_dead_letters(settings: Settings, limit: int = 50) -> list[DeadLetter]:
-    """The newest `limit` dead letters of each partition, oldest first, read up to the current end."""
+class _Owner(msgspec.Struct):
+    tenant_id: str | None = None
+
+
+_owner_decoder = msgspec.json.Decoder(_Owner)
+
+
+def tenant_of(letter: DeadLetter) -> str | None:
+    """The tenant a dead letter belongs to: the `tenant_id` its original record (an envelope, a state) names.
+
+    None when the record cannot be read that far (not JSON, no tenant_id): such a letter belongs to no tenant, and
+    only an operator reading the broker itself (`baton deadletter list`) sees it; no API token does.
+    """
+    try:
+        value = letter.raw_value()
+        owner = _owner_decoder.decode(value) if value else None
+    except (DeadLetterError, msgspec.DecodeError, RecursionError):
+        return None
+    return owner.tenant_id if owner is not None and owner.tenant_id else None
+
+
+async def list_dead_letters(settings: Settings, limit: int = 50, *, tenant_id: str | None = None,
+                            scan: int | None = None) -> list[DeadLetter]:
+    """The newest `limit` dead letters (of `tenant_id` only, when given), oldest first, among the newest `scan`
+    (default: `limit`) records of each partition, read up to the current end."""
+    scan = max(scan or limit, limit)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
         enable_auto_commit=False, client_id=f"{settings.app_id}-deadletters",
@@ -84,7 +108,7 @@ async def list_dead_letters(settings: Settings, limit: int = 50) -> list[DeadLet
         starts = await consumer.beginning_offsets(tps)
         ends = await log_end_offsets(settings, tps)
         for tp in tps:
-            consumer.seek(tp, max(starts[tp], ends[tp] - limit))
+            consumer.seek(tp, max(starts[tp], ends[tp] - scan))
         pending = {tp for tp in tps if ends[tp] > starts[tp]}
         letters: list[DeadLetter] = []
         while pending:
@@ -96,6 +120,8 @@ async def list_dead_letters(settings: Settings, limit: int = 50) -> list[DeadLet
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
+        if tenant_id is not None:
+            letters = [letter for letter in letters if tenant_of(letter) == tenant_id]
         if len(tps) > 1:
             letters.sort(key=lambda letter: letter.failed_at)
         return letters[-limit:]

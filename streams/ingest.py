@@ -13,6 +13,11 @@ Any other field, `tenant_id` included, is rejected: the tenant comes from the be
 the stream id from the payload. Error paths are relative to the body: `payload.contact`,
 `events[3].payload.contact` or `[3].payload.contact`.
 
+Besides its schema, an event must hold only what the read models can store (schemas.check_storable: no NUL in
+any string or key, at most 32 levels of lists and objects, integers within int64, `occurred_at` and every other
+instant from 1970 to before 9999); otherwise 422 naming the field. Every write route publishes through `publish`
+below or the Publisher, which apply the same check.
+
 Validation is all or nothing: one bad event rejects the whole body with a 4xx and nothing reaches the log.
 Publishing is not: Kafka without transactions cannot append a batch spread over several partitions
 atomically, so a broker failure part-way through answers 503 after some of the events may have been
@@ -40,11 +45,14 @@ from schemas import (
     DecodeError,
     Envelope,
     UnknownEventType,
+    UnstorableEvent,
     UnsupportedSchemaVersion,
+    check_storable,
     new_event,
     payload_from_builtins,
     registration,
     source_event_id,
+    to_utc,
 )
 from schemas.errors import locate
 from streams.auth import Tenant
@@ -100,6 +108,8 @@ def parse_json(body: bytes) -> Any:
         return msgspec.json.decode(body)
     except ValueError as exc:
         raise HTTPException(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(400, "malformed JSON: nested too deeply") from None
 
 
 def ingest_router() -> APIRouter:
@@ -151,11 +161,15 @@ def _envelope(tenant_id: str, document: Any, path: str, recorded_at: datetime) -
     except DecodeError as exc:
         raise HTTPException(422, locate(str(exc).removeprefix(f"{event.type}: "), path)) from None
     event_id = source_event_id(tenant_id, "ingest", event.source_id) if event.source_id else uuid.uuid4()
-    return new_event(
-        tenant_id, payload, event_id=event_id, occurred_at=event.occurred_at.astimezone(UTC),
-        recorded_at=recorded_at, actor=event.actor, correlation_id=event.correlation_id,
-        causation_id=event.causation_id,
-    )
+    try:
+        occurred_at = to_utc(event.occurred_at, f"{path}.occurred_at".lstrip("."))
+        return check_storable(new_event(
+            tenant_id, payload, event_id=event_id, occurred_at=occurred_at,
+            recorded_at=recorded_at, actor=event.actor, correlation_id=event.correlation_id,
+            causation_id=event.causation_id,
+        ), path)
+    except UnstorableEvent as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 def _convert(document: Any, kind: Any, path: str) -> Any:
@@ -173,8 +187,11 @@ async def publish(publisher: Publisher, envelopes: list[Envelope]) -> None:
     """Publish envelopes and return once the broker has them all; otherwise 503 naming the broker error.
 
     Some of the envelopes may be on the log after a 503 (no transactions): callers retry with the same ids.
+    An envelope the read models could not hold (schemas.check_storable) is a 422 naming its field; nothing is sent.
     """
     try:
         await publisher.publish(envelopes)
+    except UnstorableEvent as exc:
+        raise HTTPException(422, str(exc)) from None
     except (PublishError, KafkaError) as exc:
         raise HTTPException(503, f"events may be only partly stored, retry the request: {exc}") from None

@@ -8,11 +8,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from agents.folds.outbound import TZ_VERSION, UnknownZone, parse_hhmm, zone
-from schemas import Envelope, new_event, source_event_id
+from schemas import Envelope, UnstorableEvent, new_event, source_event_id, to_utc
 from schemas.outbound import MessageData, MessageQueued, PreferencesUpdated, Priority, QuietHours
 from streams.auth import Tenant
 from streams.ingest import publish
@@ -37,9 +37,9 @@ def queued_event(tenant_id: str, *, user_id: str, agent_id: str, message_data: M
     payload = MessageQueued(user_id=user_id, agent_id=agent_id, message_data=message_data, priority=priority,
                             can_delay=can_delay, requires_fresh_context=requires_fresh_context,
                             idempotency_key=idempotency_key,
-                            expires_at=expires_at.astimezone(UTC) if expires_at else None)
+                            expires_at=to_utc(expires_at, "expires_at") if expires_at else None)
     return new_event(tenant_id, payload, event_id=message_id_for(tenant_id, user_id, idempotency_key),
-                     occurred_at=(occurred_at or now).astimezone(UTC), recorded_at=now, actor=actor)
+                     occurred_at=to_utc(occurred_at or now, "occurred_at"), recorded_at=now, actor=actor)
 
 
 async def queue_message(publisher: Publisher, tenant_id: str, *, user_id: str, agent_id: str,
@@ -148,11 +148,14 @@ def outbound_router() -> APIRouter:
     @router.post("/v1/outbound", status_code=202, response_model=MessageAccepted, summary="Queue a proactive message")
     async def queue(body: MessageIn, tenant: Tenant, request: Request) -> MessageAccepted:
         """Queue a message for a user; 202 once it is on the log. The same idempotency key gives the same id."""
-        envelope = queued_event(tenant, user_id=body.user_id, agent_id=body.agent_id,
-                                message_data=MessageIn.data_of(body.message_data), priority=body.priority,
-                                can_delay=body.can_delay, requires_fresh_context=body.requires_fresh_context,
-                                idempotency_key=body.idempotency_key, expires_at=body.expires_at,
-                                occurred_at=body.occurred_at, actor="api")
+        try:
+            envelope = queued_event(tenant, user_id=body.user_id, agent_id=body.agent_id,
+                                    message_data=MessageIn.data_of(body.message_data), priority=body.priority,
+                                    can_delay=body.can_delay, requires_fresh_context=body.requires_fresh_context,
+                                    idempotency_key=body.idempotency_key, expires_at=body.expires_at,
+                                    occurred_at=body.occurred_at, actor="api")
+        except UnstorableEvent as exc:
+            raise HTTPException(422, str(exc)) from None
         await publish(request.app.state.publisher, [envelope])
         return MessageAccepted(message_id=envelope.event_id)
 

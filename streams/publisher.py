@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from typing import Self
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from schemas import (
     Envelope,
     SchemaError,
+    check_storable,
     encode,
     registration,
     registration_of,
@@ -22,6 +24,16 @@ from streams.settings import Settings
 
 class PublishError(RuntimeError):
     """The broker did not acknowledge every event of a publish call."""
+
+
+class EventTooLarge(ValueError):
+    """An event larger than the producer or the broker takes: no retry can succeed (the API answers 413).
+
+    Deliberately not a PublishError, which callers answer with "retry"; events before it may have been sent.
+    """
+
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
 class InvalidEnvelope(ValueError):
@@ -63,8 +75,12 @@ class Publisher:
         await self.stop()
 
     async def publish(self, envelopes: Sequence[Envelope]) -> list[uuid.UUID]:
-        """Send every envelope keyed by its stream id and wait for all acks; nothing is sent if one is invalid."""
+        """Send every envelope keyed by its stream id and wait for all acks; nothing is sent if one is invalid.
+
+        An envelope holding a value the read models cannot store raises schemas.UnstorableEvent (naming the field).
+        """
         for envelope in envelopes:
+            check_storable(envelope)
             try:
                 expected = stream_id_for(envelope.tenant_id, envelope.payload)
                 own_type = registration_of(envelope.payload).type
@@ -73,16 +89,22 @@ class Publisher:
             if (envelope.stream_id, envelope.type) != (expected, own_type):
                 raise InvalidEnvelope(f"event {envelope.event_id}: stream_id {envelope.stream_id!r} and type"
                                       f" {envelope.type!r} must be {expected!r} and {own_type!r}")
-        futures = [
-            await self._producer.send(
-                self.settings.topic(registration(envelope.type).domain),
-                value=encode(envelope),
-                key=envelope.stream_id.encode(),
-            )
-            for envelope in envelopes
-        ]
+        try:
+            futures = [
+                await self._producer.send(
+                    self.settings.topic(registration(envelope.type).domain),
+                    value=encode(envelope),
+                    key=envelope.stream_id.encode(),
+                )
+                for envelope in envelopes
+            ]
+        except _TOO_LARGE as exc:
+            raise EventTooLarge(f"an event is larger than the broker accepts: {exc}") from None
         results = await asyncio.gather(*futures, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
+        if too_large := [r for r in failures if isinstance(r, _TOO_LARGE)]:
+            raise EventTooLarge(f"{len(too_large)} of {len(envelopes)} events are larger than the broker accepts:"
+                                f" {too_large[0]!r}")
         if failures:
             raise PublishError(f"{len(failures)} of {len(envelopes)} events not acknowledged: {failures[0]!r}")
         return [envelope.event_id for envelope in envelopes]

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 
 from projections.api.console import mount_console
 from projections.api.ops import ops_router
 from projections.api.trace import trace_router
 from projections.migrations import apply_migrations
+from streams.asyncapi import asyncapi_router
 from streams.domains import load_domains, migration_sources
+from streams.edge import RequestGuard, configure_bounded_logging
 from streams.ingest import ingest_router
 from streams.metrics import EdgeMetrics, exposition
-from streams.publisher import Publisher
+from streams.publisher import EventTooLarge, Publisher
 from streams.settings import Settings, require_secure
 from streams.tenants import load_tenants
 from streams.topics import ensure_topics
@@ -24,6 +28,7 @@ from streams.topics import ensure_topics
 def create_api(settings: Settings) -> FastAPI:
     """The API app; broker and database connections open in its lifespan. Refuses insecure production secrets."""
     require_secure(settings)
+    configure_bounded_logging()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +50,7 @@ def create_api(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.tenants = load_tenants(settings.tenants_file)
     app.include_router(ingest_router())
+    app.include_router(asyncapi_router())  # no token, like /openapi.json: schemas and topic names only
     app.include_router(trace_router())
     app.include_router(ops_router())
     domains = load_domains(settings)
@@ -53,7 +59,21 @@ def create_api(settings: Settings) -> FastAPI:
             app.include_router(router)
     mount_console(app, domains)
 
+    # Innermost first: the guard answers before any route; the metrics count its refusals too.
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(EdgeMetrics)
+
+    @app.exception_handler(EventTooLarge)
+    async def event_too_large(_request: Request, exc: EventTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": f"the event log does not take an event this large, so a retry cannot "
+                                       f"succeed: {str(exc)[:300]}"}, status_code=413)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_edge_answers(FastAPI.openapi(app), settings.max_request_bytes)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def prometheus_metrics() -> Response:
@@ -65,6 +85,39 @@ def create_api(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def document_edge_answers(document: dict[str, Any], max_request_bytes: int) -> dict[str, Any]:
+    """The OpenAPI document saying what is sent: every operation may answer 413 (the one body limit) and 422 (the
+    edge guard's NUL, UTF-8, depth and number checks), and a 422's `detail` is FastAPI's list of {loc, msg, type}
+    or, from Baton's own checks of a body, one string `field.path: problem`."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("ValidationError", {
+        "type": "object", "title": "ValidationError", "required": ["loc", "msg", "type"],
+        "properties": {"loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                       "msg": {"type": "string"}, "type": {"type": "string"}}})
+    schemas["HTTPValidationError"] = {
+        "type": "object", "title": "HTTPValidationError", "required": ["detail"],
+        "properties": {"detail": {
+            "title": "Detail",
+            "description": "What is wrong and where: a list of {loc, msg, type} (request validation and the edge "
+                           "guard), or one string `field.path: problem` (a route's own checks of the body).",
+            "anyOf": [{"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
+                      {"type": "string"}]}}}
+    schemas["RequestTooLarge"] = {
+        "type": "object", "title": "RequestTooLarge", "required": ["detail"],
+        "properties": {"detail": {"type": "string"}, "limit_bytes": {"type": "integer"}}}
+    too_large = {"description": f"The request body exceeds BATON_MAX_REQUEST_BYTES ({max_request_bytes} bytes "
+                                "here; `limit_bytes` says it), or the event it makes exceeds what the broker takes",
+                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RequestTooLarge"}}}}
+    invalid = {"description": "Validation Error",
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["responses"].setdefault("413", too_large)
+                operation["responses"].setdefault("422", invalid)
+    return document
 
 
 def run_api(settings: Settings, port: int | None = None) -> None:

@@ -24,6 +24,7 @@ from schemas.conversations import (
     StatusUpdated,
 )
 from schemas.errors import locate
+from streams.edge import check_json, raw_body
 from streams.ingest import JsonBody, parse_json, publish
 from streams.ratelimit import TokenBucket, rate_limited
 from streams.settings import Settings
@@ -324,6 +325,14 @@ def _phone_number_ids(document: Any) -> list[str]:
     return numbers
 
 
+def _signer(settings: Settings, tenants: Tenants, body: bytes, header: str | None) -> str | None:
+    """The app secret (global, or a tenant's own) whose signature the header carries for these exact bytes, or None."""
+    candidates = {settings.whatsapp_app_secret.get_secret_value()}
+    candidates.update(t.whatsapp_app_secret for t in tenants.by_id.values() if t.whatsapp_app_secret)
+    matching = [secret for secret in candidates if verify_signature(secret, body, header)]
+    return matching[0] if matching else None
+
+
 def _app_secret(settings: Settings, tenants: Tenants, phone_number_id: str) -> str:
     tenant = tenants.for_phone_number_id(phone_number_id)
     if tenant is not None and tenant.whatsapp_app_secret:
@@ -359,13 +368,23 @@ async def verify_whatsapp(request: Request) -> PlainTextResponse:
     return PlainTextResponse(challenge)
 
 
+@raw_body
 async def receive_whatsapp(request: Request, body: JsonBody) -> dict[str, Any]:
     """A signed webhook delivery: validated whole and published, then 200 so Meta does not retry.
 
-    On 503 part of it may be stored; Meta's retry carries the same message ids, hence the same event ids.
+    The signature is checked on the exact bytes before anything parses them: an unsigned body is never read as
+    JSON. It must then be the secret of the app owning the delivery's business numbers (a tenant's own, else the
+    global one). On 503 part of it may be stored; Meta's retry carries the same message ids, hence the same ids.
     """
     state = request.app.state
     header = request.headers.get("x-hub-signature-256")
+    not_signed = HTTPException(401, "missing X-Hub-Signature-256 header" if header is None
+                               else "X-Hub-Signature-256 does not match the body")
+    signer = _signer(state.settings, state.tenants, body, header)
+    if signer is None:
+        raise not_signed
+    if (found := check_json(body)) is not None:
+        raise HTTPException(422, [found])
     document = parse_json(body)
     numbers = _phone_number_ids(document)
     secrets = {_app_secret(state.settings, state.tenants, number) for number in numbers}
@@ -373,11 +392,8 @@ async def receive_whatsapp(request: Request, body: JsonBody) -> dict[str, Any]:
         raise HTTPException(401, "the delivery names business numbers of different Meta apps; "
                                  "no single app secret can have signed it")
     secret = secrets.pop() if secrets else state.settings.whatsapp_app_secret.get_secret_value()
-    if not verify_signature(secret, body, header):
-        raise HTTPException(
-            401, "missing X-Hub-Signature-256 header" if header is None
-            else "X-Hub-Signature-256 does not match the body"
-        )
+    if not hmac.compare_digest(secret.encode(), signer.encode()):  # signed, but by another app than the numbers'
+        raise not_signed
     try:
         normalized = normalize(document, state.tenants, datetime.now(UTC))
     except WebhookError as exc:

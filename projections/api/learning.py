@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agents.folds.learning import next_day_hint
 from agents.learning import LearningSettings
@@ -35,7 +36,7 @@ from projections.views.learning import (
     list_learners,
     planned_session,
 )
-from schemas import Envelope, new_event
+from schemas import Envelope, UnstorableEvent, new_event
 from schemas.learning import (
     DayCompleted,
     DayRequested,
@@ -45,15 +46,16 @@ from schemas.learning import (
     learner_stream_id,
     planned_event_id,
 )
-from streams.auth import CallerDep
-from streams.publisher import PublishError
+from streams.auth import AgentOrCallerDep, CallerDep
+from streams.edge import UnreadableBody
+from streams.publisher import EventTooLarge, PublishError
 from streams.ratelimit import TokenBucket, rate_limited
 
 log = structlog.get_logger(__name__)
 
 Depth = Literal["surface", "informed", "deep", "expert"]
-CODES = {400: "invalid_request", 401: "unauthorized", 404: "session_not_found", 409: "no_active_intent",
-         429: "rate_limited", 500: "internal", 503: "unavailable"}
+CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "session_not_found",
+         409: "no_active_intent", 413: "too_large", 429: "rate_limited", 500: "internal", 503: "unavailable"}
 
 
 class ApiError(HTTPException):
@@ -83,10 +85,14 @@ class LearningRoute(APIRoute):
                 field = ".".join(str(part) for part in first["loc"] if part not in ("body", "header", "query"))
                 return error_response(400, f"{field or 'body'}: {first['msg']}", "invalid_request",
                                       field=field or None)
-            except HTTPException as exc:
+            except UnreadableBody:  # the edge guard's 422, in the shape the OpenAPI document gives every route
+                raise
+            except StarletteHTTPException as exc:  # FastAPI's subclass and Starlette's own (an unparsable body)
                 code = getattr(exc, "code", None) or CODES.get(exc.status_code, "error")
                 return error_response(exc.status_code, str(exc.detail), code, exc.headers)
-            except Exception:
+            except EventTooLarge as exc:  # the broker will never take it: not a retry
+                return error_response(413, str(exc)[:500], "too_large")
+            except Exception:  # the API logs tracebacks without locals and values bounded (streams.edge)
                 log.exception("learning.internal_error", path=request.url.path)
                 return error_response(500, "internal error", "internal")
 
@@ -111,7 +117,7 @@ class IntentIn(BaseModel):
     depth: Depth
     end_goal: str = Field("", max_length=2000)
     time_per_day_min: int = Field(ge=1, le=1440)
-    user_tz: str = "UTC"
+    user_tz: str = Field("UTC", max_length=64)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("user_tz")
@@ -119,7 +125,7 @@ class IntentIn(BaseModel):
     def _zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, a name too long for a file
             raise ValueError(f"{value!r} is not an IANA time zone") from None
         return value
 
@@ -182,7 +188,7 @@ def learning_router() -> APIRouter:
     freshness = {agent: options.freshness(agent) for agent in agents}
     router = APIRouter(tags=["learning"], route_class=LearningRoute, responses=ERRORS)
 
-    def learner_of(caller: CallerDep,
+    def learner_of(caller: AgentOrCallerDep,
                    x_user_id: Annotated[str | None, Header(max_length=200)] = None) -> Learner:
         if caller.service:
             if not x_user_id:
@@ -279,6 +285,8 @@ def _event(who: Learner, payload: Any, now: datetime) -> Envelope:
 async def _publish(request: Request, envelope: Envelope) -> None:
     try:
         await request.app.state.publisher.publish([envelope])
+    except UnstorableEvent as exc:  # a value the read models cannot hold: the caller's to fix, never a retry
+        raise ApiError(400, str(exc), "invalid_request") from None
     except (PublishError, KafkaError) as exc:
         raise ApiError(503, f"the event log did not take the request, retry: {exc}", "log_unavailable",
                        headers={"Retry-After": "1"}) from None

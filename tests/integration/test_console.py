@@ -75,7 +75,8 @@ def test_console_shows_conversations_costs_trace_and_system_pages(console_runtim
                    and r.json()["replies_sent"] == 2, "both messages answered")
         eventually(lambda: api.get("/v1/costs").json()["groups"], "routing calls on the cost ledger")
     asyncio.run(produce_records(settings, settings.topic("conversations"),
-                                [(b"conversation:acme:x", json.dumps({"type": "conversation.bogus"}).encode())]))
+                                [(b"conversation:acme:x", json.dumps({"type": "conversation.bogus",
+                                                                      "tenant_id": "acme"}).encode())]))
 
     wait = WebDriverWait(browser, 20)
     browser.get(f"{console_runtime.api_url}/console")
@@ -108,16 +109,32 @@ def test_console_shows_conversations_costs_trace_and_system_pages(console_runtim
     hops = [li.get_attribute("data-type") for li in browser.find_elements(By.CSS_SELECTOR, ".timeline li")]
     assert hops[0] == "conversation.message.received" and "conversation.reply.sent" in hops
 
-    # Costs: a bar per day and model, totals per domain.
+    # Costs: a bar per day and model, totals per domain; fractions of a dollar scaled to fill the chart.
     browser.get(f"{console_runtime.api_url}/console#/costs")
     wait.until(until.presence_of_element_located((By.CSS_SELECTOR, "#cost-per-day rect")))
     assert "conversations" in browser.find_element(By.ID, "page").text
+    per_day: dict[str, float] = {}
+    for rect in browser.find_elements(By.CSS_SELECTOR, "#cost-per-day rect"):
+        assert float(rect.get_attribute("data-value")) < 1  # the fake's calls cost far less than a dollar
+        category = rect.get_attribute("data-category")
+        per_day[category] = per_day.get(category, 0) + float(rect.get_attribute("height"))
+    assert abs(max(per_day.values()) - 180) < 0.5, per_day  # the costliest day is as tall as the chart
 
     # System: roles up, the dead letter listed with its reason, re-drive refused because it still does not decode.
+    eventually(lambda: len(httpx.get(f"{console_runtime.api_url}/v1/ops/deadletters", headers=headers,
+                                     timeout=10).json()) == 2, "the worker's and the projector's letters")
     browser.get(f"{console_runtime.api_url}/console#/system")
     button = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, "button[data-letter]")))
     page = browser.find_element(By.ID, "page").text
     assert "worker" in page and "projector" in page and "decode: invalid envelope" in page
+    states = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#page table")[0].find_elements(By.CSS_SELECTOR, ".badge")]
+    assert states and set(states) == {"up"}, states  # the API too: it answers for itself
+    # The bad record is one row, refused by the worker's fold and by the projector, each stage named.
+    assert len(browser.find_elements(By.CSS_SELECTOR, "button[data-letter]")) == 1
+    letters = button.find_element(By.XPATH, "./ancestor::tr").find_elements(By.CSS_SELECTOR, ".letter")
+    assert sorted(d.get_attribute("data-stage") for d in letters) == ["fold:conversations", "projector"]
+    assert sorted(d.find_element(By.CSS_SELECTOR, ".badge").text for d in letters) == [
+        "projector · read models", "worker · fold conversations"]
     button.click()
     wait.until(until.text_to_be_present_in_element((By.ID, "redrive-result"), "refused"))
 
@@ -128,6 +145,13 @@ def test_console_shows_conversations_costs_trace_and_system_pages(console_runtim
         wait.until(until.presence_of_element_located((By.CSS_SELECTOR, "#page table, #page .columns, #page p")))
         wait.until(lambda d: "Loading" not in d.find_element(By.ID, "page").text)
         assert not browser.find_elements(By.CSS_SELECTOR, "#page p.error"), browser.find_element(By.ID, "page").text
+
+    # The console has an icon (no 404 in the browser's console), and so has every other page of the API.
+    icon = browser.execute_script("return document.querySelector('link[rel=icon]').href")
+    for url in (icon, f"{console_runtime.api_url}/favicon.ico"):
+        answer = httpx.get(url, timeout=10)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("image/svg+xml"), url
+    assert not [e for e in browser.get_log("browser") if "404" in e["message"]]
 
     # A tenant token sees its pages but not the system's.
     browser.execute_script("localStorage.setItem('baton.console.token', arguments[0])", issue_token(settings, "acme"))
@@ -192,6 +216,8 @@ def test_domain_pages_show_the_queue_trail_board_audit_bugs_and_savings(runtime:
     browser.get(f"{runtime.api_url}/console#/steps")
     row = wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, "#page tr.link")))
     assert "exe-console" in row.text
+    status = row.find_element(By.CSS_SELECTOR, ".badge")  # as the API says it, in the colour of a success
+    assert status.text == "succeeded" and "ok" in status.get_attribute("class").split()
     row.click()
     ledger = wait.until(until.presence_of_element_located((By.ID, "savings")))
     assert "shape" in ledger.text and "transform" in ledger.text

@@ -214,9 +214,9 @@ def test_subject_and_service_tokens_name_the_caller(settings: Settings) -> None:
         learner = issue_token(settings, "acme", subject="learner-7")
         service = issue_token(settings, "acme", service=True)
         assert test_client.get("/caller", headers={"Authorization": f"Bearer {learner}"}).json() == {
-            "tenant_id": "acme", "subject": "learner-7", "service": False}
+            "tenant_id": "acme", "subject": "learner-7", "service": False, "agent": False}
         assert test_client.get("/caller", headers={"Authorization": f"Bearer {service}"}).json() == {
-            "tenant_id": "acme", "subject": "tenant:acme", "service": True}
+            "tenant_id": "acme", "subject": "tenant:acme", "service": True, "agent": False}
 
 
 def test_query_and_ingest_buckets_are_per_tenant_with_retry_after() -> None:
