@@ -126,8 +126,11 @@ def encode(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
-def payload_from_builtins(event_type: str, schema_version: int, document: Any) -> Payload:
-    """Validate a decoded JSON payload document, upcasting older versions first."""
+def payload_from_builtins(event_type: str, schema_version: int, document: Any, *, strict: bool = False) -> Payload:
+    """Validate a decoded JSON payload document, upcasting older versions first.
+
+    `strict` (the edges) refuses fields the payload does not declare; the log is read leniently, so a record
+    written by a newer version with added fields still decodes."""
     reg = registration(event_type)
     if schema_version > reg.version or schema_version < 1:
         raise UnsupportedSchemaVersion(event_type, schema_version, reg.version)
@@ -137,9 +140,28 @@ def payload_from_builtins(event_type: str, schema_version: int, document: Any) -
             raise UnsupportedSchemaVersion(event_type, schema_version, reg.version)
         document = upcast(document)
     try:
-        return msgspec.convert(document, reg.payload)
+        payload = msgspec.convert(document, reg.payload)
     except msgspec.ValidationError as exc:
         raise DecodeError(f"{event_type}: {_in_payload(exc)}") from None
+    if strict and (unknown := _unknown_field(document, msgspec.to_builtins(payload), "$.payload")):
+        name, at = unknown
+        raise DecodeError(f"{event_type}: Object contains unknown field `{name}` - at `{at}`")
+    return payload
+
+
+def _unknown_field(document: Any, known: Any, at: str) -> tuple[str, str] | None:
+    """The first key of `document` that its converted form `known` does not hold (a field the type lacks)."""
+    if isinstance(document, dict) and isinstance(known, dict):
+        for key, value in document.items():
+            if key not in known:
+                return str(key), at
+            if found := _unknown_field(value, known[key], f"{at}.{key}"):
+                return found
+    elif isinstance(document, list) and isinstance(known, list):
+        for index, (value, converted) in enumerate(zip(document, known, strict=False)):
+            if found := _unknown_field(value, converted, f"{at}[{index}]"):
+                return found
+    return None
 
 
 def decode(data: bytes) -> Envelope:

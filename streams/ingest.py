@@ -155,7 +155,7 @@ def _envelope(tenant_id: str, document: Any, path: str, recorded_at: datetime) -
         raise _unprocessable(path, "type", f"{event.type!r} is emitted by Baton, not ingestible")
     version = event.schema_version or reg.version
     try:
-        payload = payload_from_builtins(event.type, version, event.payload)
+        payload = payload_from_builtins(event.type, version, event.payload, strict=True)
     except UnsupportedSchemaVersion as exc:
         raise _unprocessable(path, "schema_version", str(exc)) from None
     except DecodeError as exc:

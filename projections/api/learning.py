@@ -111,7 +111,7 @@ class Learner(NamedTuple):
 
 
 class IntentIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     topic: str = Field(min_length=1, max_length=200)
     depth: Depth
@@ -150,7 +150,7 @@ class IntentOut(BaseModel):
 
 
 class DayRunIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     week: int = Field(ge=1, le=520)
     day: int = Field(ge=1, le=7)
@@ -158,7 +158,7 @@ class DayRunIn(BaseModel):
 
 
 class DayDoneIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     session_id: uuid.UUID
     completion_time_min: int = Field(ge=0, le=1440)

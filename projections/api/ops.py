@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from streams.auth import Caller, CallerDep
 from streams.deadletter import letter_id, list_dead_letters, redrive
@@ -66,6 +66,8 @@ class LetterView(BaseModel):
 
 
 class RedriveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     ids: list[Annotated[str, Field(max_length=300)]] = Field(max_length=SCAN)
 
 

@@ -46,6 +46,8 @@ IdText = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-
 
 
 class StepIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     step_id: IdText
     intent: Intent
     input: Any = None
@@ -56,6 +58,8 @@ class StepIn(BaseModel):
 
 class ExecutionIn(BaseModel):
     """An execution to start; a repeated execution_id is the same execution (the request is idempotent)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     execution_id: IdText | None = None
     agent_id: IdText

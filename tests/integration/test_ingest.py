@@ -281,6 +281,10 @@ BAD_EVENTS: list[tuple[str, Request, int, str]] = [
      422, "events[1]: Object contains unknown field `tenant_id`"),
     ("batch-unknown-key", lambda s: {"json": {"events": [event()], "atomic": True}, "headers": bearer(s)},
      422, "Object contains unknown field `atomic`"),
+    ("payload-unknown-key", lambda s: {"json": {"events": [event(), event(payload={
+        "contact": CONTACT, "whatsapp_message_id": "wamid.x", "message_type": "text", "txt": "hola"})]},
+        "headers": bearer(s)},
+     422, "events[1].payload: Object contains unknown field `txt`"),
     ("empty-batch", lambda s: {"json": {"events": []}, "headers": bearer(s)},
      422, "events: Expected `array` of length >= 1"),
     ("not-an-object", lambda s: {"json": {"events": [event(), "x"]}, "headers": bearer(s)},

@@ -194,3 +194,29 @@ def test_the_python_publisher_refuses_before_sending_anything() -> None:
     assert producer.sent == []
     asyncio.run(publisher.publish([good]))
     assert len(producer.sent) == 1
+
+
+@pytest.mark.parametrize(("url", "body", "field"), [
+    ("/v1/executions", {"agent_id": "a", "user_id": "u", "tokn_budget": 5,
+                        "steps": [{"step_id": "s1", "intent": "summarize"}]}, "tokn_budget"),
+    ("/v1/executions", {"agent_id": "a", "user_id": "u",
+                        "steps": [{"step_id": "s1", "intent": "summarize", "dependson": ["s0"]}]}, "dependson"),
+    ("/v1/ops/deadletters/redrive", {"ids": [], "all": True}, "all"),
+])
+def test_unknown_fields_are_refused_by_name(edge, url, body, field) -> None:
+    client, producer, settings = edge
+    token = issue_token(settings, "acme", service=url.startswith("/v1/ops"))
+    response = client.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 422, response.text
+    assert field in str(response.json()["detail"]), response.json()
+    assert producer.sent == []
+
+
+def test_a_learning_route_refuses_an_unknown_field_by_name(edge) -> None:
+    client, producer, settings = edge
+    token = issue_token(settings, "acme", subject="ada")
+    response = client.post("/v1/learning/day.run", headers={"Authorization": f"Bearer {token}"},
+                           json={"week": 1, "day": 1, "force_refesh": True})
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_request"), response.text
+    assert "force_refesh" in response.json()["error"]
+    assert producer.sent == []
