@@ -71,7 +71,18 @@ def observe_llm_calls(envelopes: Iterable[Envelope]) -> None:
         LLM_COST.labels(call.domain, call.model).inc(call.cost_usd)
 
 
-def set_lag(consumer: str, lags: dict[tuple[str, int], int]) -> None:
+_lag_series: dict[str, set[tuple[str, str]]] = {}
+
+
+def set_lag(consumer: str, lags: dict[tuple[str, int], int], *, complete: bool = False) -> None:
+    """Set the lag of a consumer's partitions; complete: these are all of them, so drop the series of any other."""
+    series = {(topic, str(partition)) for topic, partition in lags}
+    known = _lag_series.setdefault(consumer, set())
+    if complete:
+        for topic, partition in known - series:
+            LAG.remove(consumer, topic, partition)
+        known.clear()
+    known |= series
     for (topic, partition), lag in lags.items():
         LAG.labels(consumer, topic, str(partition)).set(max(0, lag))
 

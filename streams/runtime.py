@@ -12,8 +12,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -69,6 +70,7 @@ class Runtime:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     clock: Callable[[], float] = field(default_factory=lambda: time.monotonic)
+    wall_clock: Callable[[], datetime] = field(default_factory=lambda: lambda: datetime.now(UTC))  # for roles.json
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
     give_up_deaths: int = 5  # deaths of one role within give_up_window_s that stop the group
@@ -82,6 +84,8 @@ class Runtime:
     _deaths: dict[str, deque[float]] = field(default_factory=dict, init=False, repr=False)
     _next_delay: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _pending: dict[str, tuple[float, Restart]] = field(default_factory=dict, init=False, repr=False)
+    # Per role: restarts, last exit code and time, and whether it is waiting to be restarted (roles.json).
+    _history: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -238,14 +242,27 @@ class Runtime:
             self._next_delay[role] = min(delay * 2, self.backoff_max_s)
             event = Restart(role, process.returncode, self.log_path(role), delay)
             self._pending[role] = (now + delay, event)
+            self._exited(role, process.returncode, "restarting", backoff_s=delay)
             events.append(event)
+        if events:
+            self._write_state()
         for role, (due, event) in list(self._pending.items()):
             if now >= due:
                 del self._pending[role]
                 if role == "api" and event.exit_code == EXIT_ADDRESS_IN_USE and self._api_port_auto:
                     self._move_api()
+                history = self._history[role]
+                history.update(state="running", restarts=history.get("restarts", 0) + 1)
+                history.pop("restart_at", None)
                 events.append(replace(event, pid=self.spawn(role).pid))
         return events
+
+    def _exited(self, role: str, exit_code: int, state: str, backoff_s: float | None = None) -> None:
+        at = self.wall_clock()
+        history = self._history.setdefault(role, {"restarts": 0})
+        history.update(state=state, last_exit_code=exit_code, last_exit_at=at.isoformat())
+        if backoff_s is not None:
+            history.update(backoff_s=backoff_s, restart_at=(at + timedelta(seconds=backoff_s)).isoformat())
 
     def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
         """Signal one child and wait for it to exit; it is not restarted."""
@@ -253,6 +270,7 @@ class Runtime:
         self._pending.pop(role, None)
         process.send_signal(sig)
         process.wait(30)
+        self._exited(role, process.returncode, "stopped")
         self._write_state()
 
     def pids(self) -> dict[str, int]:
@@ -267,8 +285,19 @@ class Runtime:
         pids |= {role: p.pid for role, p in self.processes.items() if p.poll() is None}
         return pids
 
+    def roles_state(self) -> dict[str, dict[str, Any]]:
+        """Per role: state (running, restarting, stopped), pid, restarts, last exit code and time (roles.json)."""
+        state: dict[str, dict[str, Any]] = {}
+        for role in dict.fromkeys([*self.processes, *self._history]):
+            process = self.processes.get(role)
+            running = process is not None and process.poll() is None
+            state[role] = {"state": "running", "restarts": 0, "last_exit_code": None, "last_exit_at": None,
+                           **self._history.get(role, {}), "pid": process.pid if running else None}
+        return state
+
     def _write_state(self) -> None:
-        """runtime.json (how other commands connect) and pids.json (who runs), replaced atomically."""
+        """runtime.json (how other commands connect), pids.json (who runs) and roles.json (how each role has run),
+        replaced atomically."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.settings.data_dir / "runtime.json", {
             "KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka_bootstrap_servers,
@@ -277,6 +306,7 @@ class Runtime:
             "BATON_API_PORT": str(self.settings.api_port),
         })
         _write_json(self.settings.data_dir / "pids.json", self.pids())
+        _write_json(self.settings.data_dir / "roles.json", self.roles_state())
         _write_json(self.settings.data_dir / "metrics.json", {
             role: f"http://127.0.0.1:{port}/metrics" for role, port in self.metrics_ports.items()
         } | {"api": f"{self.api_url}/metrics"})
@@ -296,7 +326,7 @@ class Runtime:
                 process.kill()
                 process.wait()
             del self.processes[role]
-        for name in ("runtime.json", "pids.json"):
+        for name in ("runtime.json", "pids.json", "roles.json"):
             (self.settings.data_dir / name).unlink(missing_ok=True)
         # Both services are signalled before either is waited for.
         if isinstance(self.broker, EmbeddedBroker) and self.broker.alive():

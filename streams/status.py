@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -27,6 +28,14 @@ class RoleHealth:
     role: str
     up: bool
     detail: str
+    state: str = ""  # up, down, restarting (exited; `baton dev` starts it again after its backoff)
+    restarts: int = 0  # by `baton dev` since it started
+    last_exit_code: int | None = None
+    last_exit_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not self.state:
+            object.__setattr__(self, "state", "up" if self.up else "down")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +55,17 @@ class Status:
 
     def problems(self, max_lag: int) -> list[str]:
         """Why a script should worry: roles down, lag above max_lag."""
-        found = [f"{r.role} is down: {r.detail}" for r in self.roles if not r.up]
+        found = [f"{r.role} is {'restarting' if r.state == 'restarting' else 'down'}: {r.detail}"
+                 for r in self.roles if not r.up]
         found += [f"{d.domain}: worker lag {d.worker_lag} > {max_lag}" for d in self.domains if d.worker_lag > max_lag]
         found += [f"{d.domain}: projector lag {d.projector_lag} > {max_lag}" for d in self.domains
                   if d.projector_lag > max_lag]
         return found
 
 
-async def collect_status(settings: Settings) -> Status:
-    """One reading of the whole system."""
-    status = Status(roles=_roles(settings))
+async def collect_status(settings: Settings, *, api_detail: str | None = None) -> Status:
+    """One reading of the whole system; api_detail: the API asks, so it is up (role_health)."""
+    status = Status(roles=await role_health(settings, api_detail=api_detail))
     domains = load_domains(settings)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.app_id,
                                 enable_auto_commit=False, client_id=f"{settings.app_id}-status")
@@ -87,26 +97,50 @@ async def collect_status(settings: Settings) -> Status:
     return status
 
 
-def _roles(settings: Settings) -> list[RoleHealth]:
-    """Processes of a running `baton dev` by pid (pids.json: those running; metrics.json: every role it runs),
-    and the API by /healthz."""
+async def role_health(settings: Settings, *, api_detail: str | None = None) -> list[RoleHealth]:
+    """Processes of a running `baton dev` (roles.json: state, restarts and last exit per role; pids.json: those
+    running; metrics.json: every role it runs), then the API: up with api_detail when the API itself asks (it is
+    answering), else by /healthz without blocking."""
     roles: list[RoleHealth] = []
     pids = _read(settings.data_dir / "pids.json")
-    expected = [r for r in dict.fromkeys([*pids, *_read(settings.data_dir / "metrics.json")]) if r != "api"]
-    for role in expected:
-        pid = pids.get(role)
-        roles.append(RoleHealth(role, False, "not running") if pid is None
-                     else RoleHealth(role, _alive(pid), f"pid {pid}"))
+    history = _read(settings.data_dir / "roles.json")
+    supervised = _alive(pids["supervisor"]) if "supervisor" in pids else False
+    expected = [r for r in dict.fromkeys([*pids, *history, *_read(settings.data_dir / "metrics.json")]) if r != "api"]
+    roles += [_role(role, pids.get(role), history.get(role, {}), supervised) for role in expected]
+    if api_detail is not None:
+        roles.append(_role("api", None, history.get("api", {}), supervised, api_detail, True))
+        return roles
     url = f"http://{settings.api_host}:{settings.api_port}/healthz"
     try:
-        answer = httpx.get(url, timeout=2)
-        roles.append(RoleHealth("api", answer.status_code == 200, f"{url} answered {answer.status_code}"))
+        async with httpx.AsyncClient(timeout=2) as client:
+            answer = await client.get(url)
+        up, detail = answer.status_code == 200, f"{url} answered {answer.status_code}"
     except httpx.HTTPError as exc:
-        roles.append(RoleHealth("api", False, f"{url}: {type(exc).__name__}"))
+        up, detail = False, f"{url}: {type(exc).__name__}"
+    roles.append(_role("api", None, history.get("api", {}), supervised, detail, up))
     return roles
 
 
-def _read(path) -> dict:
+def _role(role: str, pid: int | None, history: dict, supervised: bool, detail: str | None = None,
+          up: bool | None = None) -> RoleHealth:
+    exit_code, exited_at = history.get("last_exit_code"), history.get("last_exit_at")
+    last = dict(restarts=history.get("restarts", 0), last_exit_code=exit_code,
+                last_exit_at=datetime.fromisoformat(exited_at) if exited_at else None)
+    exited = f"exited with code {exit_code} at {exited_at[:19].replace('T', ' ')} UTC" if exited_at else ""
+    if history.get("state") == "restarting" and supervised and (up is None or not up):
+        due = history.get("restart_at") or ""
+        return RoleHealth(role, False, f"{exited}; restart {last['restarts'] + 1} due at"
+                                       f" {due[11:19]} UTC (backoff {history.get('backoff_s', 0):g} s)",
+                          "restarting", **last)
+    if up is None:
+        up = pid is not None and _alive(pid)
+        detail = "not running" if pid is None else f"pid {pid}"
+    if exited:
+        detail = f"{detail}; {last['restarts']} restart(s), last {exited}"
+    return RoleHealth(role, up, detail or "", **last)
+
+
+def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 

@@ -30,19 +30,30 @@ def build_worker_app(settings: Settings) -> faust.App:
     return app
 
 
+def committed_lag(consumer, changelogs: set[str]) -> dict[tuple[str, int], int]:
+    """Lag of each assigned partition the consumer commits: fetch high watermark (exact, also on Tansu) - committed.
+
+    Faust keeps the committed offset as Kafka does, the next record to process (None before the first commit: the
+    log start). Changelog partitions are skipped: the consumer reads them to restore tables (their position lives in
+    the table's store) and never commits them, so a committed-offset lag of theirs would never reach 0.
+    """
+    committed = getattr(consumer, "_committed_offset", {})
+    log_start = getattr(consumer, "_log_start", {})
+    lags = {}
+    for tp in consumer.assignment():
+        if tp.topic in changelogs or (highwater := consumer.highwater(tp)) is None:
+            continue
+        done = committed.get(tp)
+        lags[(tp.topic, tp.partition)] = highwater - (done if done is not None else log_start.get(tp, 0))
+    return lags
+
+
 def report_lag(app: faust.App, interval_s: float = 5.0) -> None:
-    """Export the lag of every assigned partition: fetch high watermark (exact, also on Tansu) - committed."""
+    """Export the lag of every assigned partition the worker commits (committed_lag); revoked ones are dropped."""
 
     @app.timer(interval_s)
     async def consumer_lag() -> None:
-        committed = getattr(app.consumer, "_committed_offset", {})
-        lags = {}
-        for tp in app.consumer.assignment():
-            highwater = app.consumer.highwater(tp)
-            if highwater is not None:
-                done = committed.get(tp)  # Faust keeps the last committed record's offset
-                lags[(tp.topic, tp.partition)] = highwater - (done + 1 if done is not None else 0)
-        metrics.set_lag("worker", lags)
+        metrics.set_lag("worker", committed_lag(app.consumer, app.tables.changelog_topics), complete=True)
 
 
 def tune_gc(app: faust.App) -> None:

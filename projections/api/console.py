@@ -29,6 +29,10 @@ def mount_console(app: FastAPI, domains: tuple[Domain, ...]) -> None:
     async def index() -> FileResponse:
         return FileResponse(CONSOLE / "static" / "index.html")
 
+    @router.get("/favicon.ico")  # what a browser asks for on any page without an icon link (/docs)
+    async def favicon() -> FileResponse:
+        return FileResponse(CONSOLE / "static" / "favicon.svg", media_type="image/svg+xml")
+
     @router.get("/console/pages.json")
     async def page_list() -> list[dict[str, str]]:
         return [{"id": name, "title": title, "script": f"/console/pages/{name}.js"} for name, title, _ in pages]

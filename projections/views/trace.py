@@ -8,6 +8,8 @@ events naming the same message ids in their payload (a delivery status names the
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import uuid
 from datetime import datetime
 from typing import Any
@@ -31,10 +33,13 @@ class Hop(BaseModel):
     actor: str
     occurred_at: datetime
     gap_ms: float | None  # since the previous hop, by event time
-    depth: int  # causal depth within the chain (0: no cause in the chain)
+    depth: int  # causal depth within the chain, through causes shown above the hop (0: its cause is not above it)
     causation_id: uuid.UUID | None
     correlation_id: uuid.UUID
     summary: str | None
+    topic: str  # log position: where times tie, hops follow it within a partition
+    partition: int
+    offset: int
 
 
 class Trace(BaseModel):
@@ -43,7 +48,8 @@ class Trace(BaseModel):
     truncated: bool
 
 
-_COLUMNS = "event_id, type, stream_id, actor, occurred_at, recorded_at, causation_id, correlation_id, payload"
+_COLUMNS = ("event_id, type, stream_id, actor, occurred_at, recorded_at, causation_id, correlation_id, payload,"
+            ' topic, partition, "offset"')
 
 
 async def trace(source: Source, tenant_id: str | None, ident: str, limit: int = 500) -> Trace:
@@ -79,26 +85,65 @@ async def trace(source: Source, tenant_id: str | None, ident: str, limit: int = 
 
 
 def _hops(found: dict[uuid.UUID, tuple]) -> list[Hop]:
-    depth: dict[uuid.UUID, int] = {}
-
-    def depth_of(event_id: uuid.UUID) -> int:
-        if event_id not in depth:
-            depth[event_id] = 0  # a cycle (never written by Baton) stops here
-            cause = found[event_id][6]
-            depth[event_id] = depth_of(cause) + 1 if cause in found else 0
-        return depth[event_id]
-
-    # Event time first; an emission shares its cause's time, so causes come before their effects.
-    rows = sorted(found.values(), key=lambda r: (r[4], r[5], depth_of(r[0]), str(r[0])))
     hops: list[Hop] = []
     previous: datetime | None = None
-    for event_id, kind, stream_id, actor, occurred_at, _recorded, causation_id, correlation_id, payload in rows:
+    depth: dict[uuid.UUID, int] = {}  # of the hops above
+    for row in _ordered(found):
+        event_id, kind, stream_id, actor, occurred_at, _recorded, causation_id, correlation_id, payload = row[:9]
+        # Indented only as a true causal child: under a cause already shown (an effect stamped earlier than its
+        # cause, or whose cause is not in the chain, starts at 0).
+        depth[event_id] = depth[causation_id] + 1 if causation_id in depth else 0
         gap = None if previous is None else (occurred_at - previous).total_seconds() * 1000
         previous = occurred_at
         hops.append(Hop(event_id=event_id, type=kind, stream_id=stream_id, actor=actor, occurred_at=occurred_at,
                         gap_ms=gap, depth=depth[event_id], causation_id=causation_id,
-                        correlation_id=correlation_id, summary=_summary(payload)))
+                        correlation_id=correlation_id, summary=_summary(payload),
+                        topic=row[9], partition=row[10], offset=row[11]))
     return hops
+
+
+def _ordered(found: dict[uuid.UUID, tuple]) -> list[tuple]:
+    """Oldest event time first; events of equal time in log order within each partition and after their causes.
+
+    Offsets order one partition only; across partitions the producer's record time decides, then the position.
+    """
+    ordered: list[tuple] = []
+    by_time = sorted(found.values(), key=lambda r: r[4])
+    for _, tied in itertools.groupby(by_time, key=lambda r: r[4]):
+        group = {r[0]: r for r in tied}
+        after: dict[uuid.UUID, list[uuid.UUID]] = {i: [] for i in group}  # what must wait for each event
+        waiting = dict.fromkeys(group, 0)
+        partitions: dict[tuple[str, int], list[tuple]] = {}
+        for r in group.values():
+            partitions.setdefault((r[9], r[10]), []).append(r)
+            if r[6] in group and r[6] != r[0]:
+                after[r[6]].append(r[0])
+                waiting[r[0]] += 1
+        for rows in partitions.values():
+            rows.sort(key=lambda r: r[11])
+            for earlier, later in itertools.pairwise(rows):
+                after[earlier[0]].append(later[0])
+                waiting[later[0]] += 1
+
+        def rank(r: tuple) -> tuple:
+            return r[5], r[9], r[10], r[11], str(r[0])
+
+        ready = [rank(group[i]) + (i,) for i, n in waiting.items() if n == 0]
+        heapq.heapify(ready)
+        while ready or any(n > 0 for n in waiting.values()):
+            if not ready:  # a cycle, which Baton never writes: release the earliest-ranked event
+                stuck = min((i for i, n in waiting.items() if n > 0), key=lambda i: rank(group[i]))
+                waiting[stuck] = 0
+                heapq.heappush(ready, rank(group[stuck]) + (stuck,))
+            event_id = heapq.heappop(ready)[-1]
+            waiting[event_id] = -1
+            ordered.append(group[event_id])
+            for later in after[event_id]:
+                if waiting[later] > 0:
+                    waiting[later] -= 1
+                    if waiting[later] == 0:
+                        heapq.heappush(ready, rank(group[later]) + (later,))
+    return ordered
 
 
 def _summary(payload: dict[str, Any]) -> str | None:

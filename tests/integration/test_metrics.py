@@ -56,6 +56,16 @@ def test_api_worker_and_projector_metrics_follow_the_pipeline(runtime: Runtime, 
         n == "baton_consumer_lag" for n, _ in s) and s, "the worker's lag exported")
     assert all(v >= 0 for (n, _), v in lag.items() if n == "baton_consumer_lag")
 
+    def worker_lag():
+        samples = {dict(ls)["topic"]: v for (n, ls), v in scrape(endpoints["worker"]).items()
+                   if n == "baton_consumer_lag"}
+        return samples if samples and all(v == 0 for v in samples.values()) else None
+
+    # Caught up and idle: 0 on every partition the worker commits; changelogs (never committed) are not lag.
+    caught_up = eventually(worker_lag, "the idle worker's lag at 0")
+    assert runtime.settings.topic("conversations") in caught_up
+    assert not [topic for topic in caught_up if topic.endswith("-changelog")], caught_up
+
     projector = eventually(lambda: (s := scrape(endpoints["projector"]))
                            and total(s, "baton_projector_records_total") >= 3 and s, "the projector's metrics")
     assert total(projector, "baton_projector_batch_seconds_count") >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ class Dev:
     process: subprocess.Popen
     data_dir: Path
     console: Path
+    env: dict[str, str]
 
     def output(self) -> str:
         return self.console.read_text(errors="replace")
@@ -78,7 +80,7 @@ def running_dev(tmp_path: Path, broker: str = "embedded", **env_overrides: str) 
     with console.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "streams.cli", "dev", "--port", "0", "--broker", broker],
                                    env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    running = Dev(process, data_dir, console)
+    running = Dev(process, data_dir, console, env)
     try:
         eventually(lambda: process.poll() is not None or "Press Ctrl-C to stop." in running.output(),
                    "baton dev started", within_s=120)
@@ -115,6 +117,11 @@ def test_dev_restarts_a_killed_worker_and_its_children_die_with_it(dev: Dev) -> 
     eventually(lambda: f"worker restarted as pid {restarted} after exit code -9 (log {log})" in dev.output(),
                "the restart shown in the console")
     assert f"worker exited with code -9; restarting in 1 s (log {log})" in dev.output()
+    # `baton status` shows that the worker crashed and came back: one restart, its last exit code and time.
+    shown = subprocess.run([sys.executable, "-m", "streams.cli", "status"], env=dev.env, capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert re.search(r"│ worker +│ up +│ 1 +│ -9 at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d +│", shown.stdout), shown.stdout
+    assert re.search(r"│ projector +│ up +│ 0 +│ - +│", shown.stdout), shown.stdout
     after = dev.children()
     assert {k: v for k, v in after.items() if k != "worker"} == {k: v for k, v in before.items() if k != "worker"}
     assert alive(after["broker"]) and alive(after["postgres"])

@@ -10,6 +10,7 @@ import sys
 import httpx
 import pytest
 
+from streams.auth import issue_token
 from streams.embedded import child_env
 from streams.runtime import Runtime
 from streams.settings import settings_env
@@ -43,6 +44,15 @@ def test_status_reports_roles_lag_and_last_events_and_fails_when_a_role_is_down(
     conversations = re.search(r"│ conversations +│ (\d+) +│ 0 +│ 0 +│ (\S+ \S+)", out)
     assert conversations and int(conversations.group(1)) == 4 * 6 and conversations.group(2) >= "2026-12-01 10:00:00"
     assert re.search(r"│ costs +│ 0 +│ 0 +│ 0 +│ - ", out)
+
+    # The console's System page asks the API, which answers for itself: up, without calling its own /healthz.
+    service = issue_token(runtime.settings, "acme", service=True)
+    ops = httpx.get(f"{runtime.api_url}/v1/ops/status", headers={"Authorization": f"Bearer {service}"}, timeout=10)
+    assert ops.status_code == 200, ops.text
+    roles = {r["role"]: r for r in ops.json()["roles"]}
+    assert roles["api"]["up"] and roles["api"]["state"] == "up" and "healthz" not in roles["api"]["detail"], roles
+    assert all(roles[r]["up"] and roles[r]["restarts"] == 0 and roles[r]["last_exit_code"] is None
+               for r in ("worker", "projector")), roles
 
     runtime.kill("projector", signal.SIGKILL)
     assert api.post("/v1/events", json={"events": [inbound(n) for n in range(4, 8)]}).status_code == 202

@@ -58,6 +58,21 @@ def test_a_message_is_traced_from_its_whatsapp_id_to_the_delivery_of_its_reply(r
     assert texts == ["text: ¿A qué hora abrís?"]
     routed = next(h for h in hops if h["type"] == "conversation.message.routed")
     assert routed["depth"] == 2 and routed["gap_ms"] is not None and routed["gap_ms"] >= 0
+    # Equal event times follow the log: the router wrote "routed" before "reply requested", on one partition.
+    requested = next(h for h in hops if h["type"] == "conversation.reply.requested")
+    assert routed["occurred_at"] == requested["occurred_at"] and routed["topic"] == requested["topic"]
+    assert routed["partition"] == requested["partition"] and routed["offset"] < requested["offset"]
+    assert types.index("conversation.message.routed") < types.index("conversation.reply.requested")
+    for same_time in {h["occurred_at"] for h in hops}:
+        positions = [(h["topic"], h["partition"], h["offset"]) for h in hops if h["occurred_at"] == same_time]
+        for place in {p[:2] for p in positions}:
+            offsets = [p[2] for p in positions if p[:2] == place]
+            assert offsets == sorted(offsets), (same_time, place, offsets)
+    # Indented only as a true causal child: its cause is shown above it, one step less deep.
+    for i, hop in enumerate(hops):
+        if hop["depth"]:
+            (cause,) = [h for h in hops[:i] if h["event_id"] == hop["causation_id"]]
+            assert cause["depth"] == hop["depth"] - 1, hop["type"]
     assert api.get("/v1/trace/wamid.nobody").status_code == 404
 
     printed = subprocess.run([sys.executable, "-m", "streams.cli", "trace", "wamid.trace.1"],

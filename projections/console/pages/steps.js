@@ -3,6 +3,8 @@ import { api, badge, h, meter, table, time } from "/console/static/console.js";
 
 const pct = (share) => share === null || share === undefined ? "unlimited" : `${(share * 100).toFixed(1)} %`;
 const usd = (v) => `$${(v || 0).toFixed(6)}`;
+// An execution's status as the API says it (opening, running, succeeded, failed, cancelled, invalid).
+const EXECUTION_STATES = { succeeded: "ok", failed: "bad", invalid: "bad", cancelled: "warn" };
 
 function budgetBars(utilisation) {
   return h("div", { class: "budgets" }, Object.entries(utilisation || {}).map(([scope, share]) =>
@@ -14,7 +16,7 @@ async function list({ navigate }) {
   const executions = await api("/v1/executions");
   return table([
     ["execution", (e) => e.execution_id], ["agent", (e) => e.agent_id], ["user", (e) => e.user_id],
-    ["status", (e) => badge(e.status, e.status === "completed" ? "ok" : e.status === "failed" ? "bad" : "")],
+    ["status", (e) => badge(e.status, EXECUTION_STATES[e.status] || "")],
     ["tokens", (e) => e.metrics.tokens_used ?? 0], ["saved", (e) => `${e.metrics.savings_percent ?? 0} %`],
     ["cost", (e) => usd(e.metrics.cost_usd)], ["budgets", (e) => budgetBars(e.metrics.budget_utilisation)],
     ["started", (e) => time(e.started_at)],
@@ -26,7 +28,7 @@ async function detail(id) {
   const m = e.metrics;
   return h("div", {},
     h("p", {}, h("a", { href: "#/steps" }, "← executions")),
-    h("h2", {}, `${e.execution_id} · ${e.agent_id} for ${e.user_id} `, badge(e.status)),
+    h("h2", {}, `${e.execution_id} · ${e.agent_id} for ${e.user_id} `, badge(e.status, EXECUTION_STATES[e.status] || "")),
     h("div", { class: "grid" }, [["tokens used", m.tokens_used], ["tokens saved", m.tokens_saved],
       ["savings", `${m.savings_percent} %`], ["cost", usd(m.cost_usd)], ["without Baton", usd(m.counterfactual_usd)]]
       .map(([label, value]) => h("div", { class: "card" }, h("div", { class: "stat" }, value ?? 0), h("div", { class: "label" }, label)))),

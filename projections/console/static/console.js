@@ -75,7 +75,8 @@ export function stackedBars(rows, { height = 180, format = (v) => String(v) } = 
   const categories = [...new Set(rows.map((r) => r.category))].sort();
   const series = [...new Set(rows.map((r) => r.series))].sort();
   const totals = categories.map((c) => rows.filter((r) => r.category === c).reduce((s, r) => s + r.value, 0));
-  const max = Math.max(1, ...totals);
+  // Scaled to the data (a day of $0.02 fills the chart like a day of 20 messages); 1 only when there is nothing.
+  const max = Math.max(0, ...totals) || 1;
   const barWidth = 28, step = 40, left = 48, top = 10, width = left + categories.length * step + 10;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
