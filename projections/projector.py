@@ -162,7 +162,7 @@ class _Item:
 _REFUSED_CLASSES = {"22", "23", "54"}
 
 
-def _is_record_fault(exc: BaseException) -> bool:
+def is_record_fault(exc: BaseException) -> bool:
     """Whether a failed write was refused for what a record holds (then retried without it), not for the database."""
     if isinstance(exc, psycopg.Error):
         if exc.sqlstate is None:  # refused before it was sent: a value psycopg cannot adapt
@@ -211,7 +211,7 @@ async def _write(
     try:
         return (*await _commit(conn, items), 0)
     except Exception as exc:
-        if not _is_record_fault(exc):
+        if not is_record_fault(exc):
             raise
         if len(items) > 1:
             half = len(items) // 2

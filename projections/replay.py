@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,7 +18,7 @@ from rich.text import Text
 from agents.batching import BadRecord, Record, envelope_of, fold_batch
 from projections import ProjectionError
 from projections.migrations import apply_migrations
-from projections.projector import assigned_consumer, load_offsets, state_changelogs
+from projections.projector import assigned_consumer, is_record_fault, load_offsets, state_changelogs
 from projections.writers import ReadModel, write_rows
 from projections.writers.events import EVENTS, event_row, write_events
 from streams.domains import domain_of_topic, load_domains, migration_sources
@@ -83,6 +83,7 @@ class ReplayReport:
     not_archived: int
     not_folded: int
     verified: bool
+    not_written: int = 0
     live_lag: int | None = None
     tables: tuple[TableDiff, ...] = ()
 
@@ -99,8 +100,8 @@ class ReplayReport:
         rebuilt = "".join(f", {count} {table} rows" for table, count in self.rows.items())
         summary = Text(
             f"Replayed {self.records} records into schema {self.schema}: {self.events} events{rebuilt} "
-            f"({self.not_archived} records not archived, {self.not_folded} not folded;"
-            " both are in the dead-letter topic)."
+            f"({self.not_archived} records not archived, {self.not_folded} not folded, {self.not_written} rows"
+            " PostgreSQL refused; all are in the dead-letter topic)."
         )
         if not self.verified:
             return summary
@@ -128,6 +129,7 @@ class _Rebuild:
     rows: dict[ReadModel, dict[object, tuple]] = field(default_factory=dict)
     not_archived: int = 0
     not_folded: int = 0
+    not_written: int = 0  # rows PostgreSQL refused (the live projector dead-letters their records)
 
 
 async def replay(
@@ -151,7 +153,8 @@ async def replay(
     return ReplayReport(
         schema=schema, records=rebuild.records, events=len(rebuild.events),
         rows={model.table: len(rows) for model, rows in rebuild.rows.items()},
-        not_archived=rebuild.not_archived, not_folded=rebuild.not_folded, verified=verify, live_lag=lag,
+        not_archived=rebuild.not_archived, not_folded=rebuild.not_folded, not_written=rebuild.not_written,
+        verified=verify, live_lag=lag,
         tables=tables,
     )
 
@@ -227,10 +230,28 @@ async def _write_shadow(conn: AsyncConnection, settings: Settings, schema: str, 
         await apply_migrations(conn, schema, migration_sources(settings))
         async with conn.cursor() as cur:
             for chunk in _chunks(list(rebuild.events.values())):
-                await write_events(cur, chunk, schema)
+                rebuild.not_written += await _write_refusing(conn, lambda rows: write_events(cur, rows, schema), chunk)
             for model, rows in rebuild.rows.items():
                 for chunk in _chunks(list(rows.values())):
-                    await write_rows(cur, model, chunk, schema)
+                    rebuild.not_written += await _write_refusing(
+                        conn, lambda rows, model=model: write_rows(cur, model, rows, schema), chunk)
+
+
+async def _write_refusing(conn: AsyncConnection, write: Callable[[list[tuple]], Awaitable[object]],
+                          rows: list[tuple]) -> int:
+    """Write rows inside a savepoint; where PostgreSQL refuses a value, halve until each refused row stands alone
+    and leave it out, as the projector dead-letters its record. Returns how many rows were left out."""
+    try:
+        async with conn.transaction():
+            await write(rows)
+        return 0
+    except Exception as exc:
+        if not is_record_fault(exc):
+            raise
+        if len(rows) == 1:
+            return 1
+        half = len(rows) // 2
+        return await _write_refusing(conn, write, rows[:half]) + await _write_refusing(conn, write, rows[half:])
 
 
 async def diff_table(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
 from tests.conversation_logs import conversation, inbound
 from tests.integration.conftest import eventually, produce_records
+from tests.integration.test_pipeline import replay_verify
 from tests.integration.test_projector import (
     Projector,
     acme_and_globex,
@@ -148,3 +150,8 @@ def test_a_poison_record_on_the_log_leaves_the_projector_and_every_tenant_unaffe
 
     assert projector.poll() is None and runtime.processes["projector"] is projector  # never restarted
     assert runtime.pids() == pids  # nor anything else of `baton dev`: worker, API, broker, PostgreSQL
+
+    # Replay leaves out what PostgreSQL refuses, as the projector did, and says so: the rebuild equals live.
+    verify = replay_verify(settings)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert re.search(r"[1-9]\d*\s+rows\s+PostgreSQL\s+refused", verify.stdout), verify.stdout
