@@ -11,7 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from agents.folds.outbound import TZ_VERSION, UnknownZone, parse_hhmm, zone
+from agents.folds.outbound import parse_hhmm
+from agents.folds.zones import TZ_VERSION, UnknownZone, zone
 from schemas import Envelope, UnstorableEvent, new_event, source_event_id, to_utc
 from schemas.outbound import MessageData, MessageQueued, PreferencesUpdated, Priority, QuietHours
 from streams.auth import Tenant

@@ -6,11 +6,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import msgspec
 from msgspec.structs import replace
 
+from agents.folds.zones import zone as tz_zone
 from schemas import Envelope, emitted
 from schemas.learning import (
     CachedSignal,
@@ -196,7 +196,7 @@ def _completed(state: LearnerState, envelope: Envelope, done: DayCompleted) -> d
     if index is None:
         return {}  # a session no longer kept: its completion is in the log, not in the stats
     session = state.sessions[index]
-    zone = ZoneInfo(state.intent.snapshot.user_tz if state.intent else "UTC")
+    zone = tz_zone(state.intent.snapshot.user_tz if state.intent else "UTC")
     local = envelope.occurred_at.astimezone(zone).date().isoformat()
     completion = Completion(completion_time_min=done.completion_time_min, confidence=done.confidence,
                             notes=done.notes, completed_at=envelope.occurred_at, local_date=local)
@@ -251,7 +251,7 @@ def current_streak(completion_days: list[str], today: date) -> int:
 
 def next_run_at(now: datetime, user_tz: str, run_hour_local: int) -> datetime:
     """The configured local hour on the learner's next local day, in UTC (a DST change shifts the UTC hour)."""
-    zone = ZoneInfo(user_tz)
+    zone = tz_zone(user_tz)
     tomorrow = now.astimezone(zone).date() + timedelta(days=1)
     return datetime.combine(tomorrow, time(run_hour_local), tzinfo=zone).astimezone(UTC)
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cache
-from importlib import resources
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
-import tzdata
 from msgspec.structs import replace
 
+from agents.folds.zones import TZ_VERSION, zone
 from schemas import Envelope, Payload, emitted
 from schemas.conversations import ContactLinked, ContactUnlinked
 from schemas.outbound import (
@@ -44,34 +42,16 @@ from schemas.outbound import (
     WakeupScheduled,
 )
 
-TZ_VERSION: str = tzdata.IANA_VERSION
 ACTOR = "fold:outbound"
 
 Status = Literal["deferred", "sending", "retrying", "sent", "dropped", "failed"]
 TERMINAL: frozenset[str] = frozenset({"sent", "dropped", "failed"})
 _RANK = {priority: rank for rank, priority in enumerate(PRIORITIES)}
-_ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 class FoldError(Exception):
     """An envelope the outbound fold cannot apply; the agent dead-letters it."""
-
-
-class UnknownZone(ValueError):
-    """Not an IANA zone of the tz database Baton ships with."""
-
-
-@cache
-def zone(name: str) -> ZoneInfo:
-    """An IANA zone loaded from the `tzdata` package (never the host's files), so every machine decides alike."""
-    if not _ZONE_NAME.match(name):
-        raise UnknownZone(f"unknown IANA time zone {name!r}")
-    try:
-        with resources.files("tzdata.zoneinfo").joinpath(*name.split("/")).open("rb") as data:
-            return ZoneInfo.from_file(data, key=name)
-    except (OSError, ValueError):
-        raise UnknownZone(f"unknown IANA time zone {name!r}") from None
 
 
 def parse_hhmm(value: str) -> time:

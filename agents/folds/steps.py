@@ -12,14 +12,13 @@ import re
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Literal
-from importlib import resources
 from zoneinfo import ZoneInfo
 
-import tzdata
 
 import msgspec
 from msgspec.structs import replace
 
+from agents.folds.zones import TZ_VERSION, UnknownZone, zone
 from schemas import Envelope, emitted
 from schemas.steps import (
     BudgetExceeded,
@@ -51,7 +50,6 @@ from schemas.steps import (
 )
 
 ACTOR = "fold:steps"
-TZ_VERSION: str = tzdata.IANA_VERSION
 TERMINAL = frozenset({"executed", "failed", "rejected", "skipped"})
 
 
@@ -492,24 +490,12 @@ def local_day(at: datetime, timezone: str) -> str:
     return at.astimezone(_zone(timezone)).date().isoformat()
 
 
-@cache
 def _zone(name: str) -> ZoneInfo:
-    """An IANA zone from the `tzdata` package (never the host's files), so every machine decides alike."""
+    """The tenant's zone; UTC where it names none Baton knows."""
     try:
-        return zone_of(name)
-    except ValueError:
-        return zone_of("UTC")
-
-
-def zone_of(name: str) -> ZoneInfo:
-    """The IANA zone `name` from the `tzdata` package; ValueError when it is not one."""
-    if not name or ".." in name or name.startswith("/"):
-        raise ValueError(f"unknown IANA time zone {name!r}")
-    try:
-        with resources.files("tzdata.zoneinfo").joinpath(*name.split("/")).open("rb") as data:
-            return ZoneInfo.from_file(data, key=name)
-    except (OSError, ValueError):
-        raise ValueError(f"unknown IANA time zone {name!r}") from None
+        return zone(name)
+    except UnknownZone:
+        return zone("UTC")
 
 
 def _limit(state: BudgetState, config: FoldConfig, scope: str, subject: str) -> Limit:

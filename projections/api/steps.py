@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.folds.steps import local_day, zone_of
+from agents.folds.steps import local_day
+from agents.folds.zones import zone
 from agents.steps import StepsSettings
 from projections.api import Pool
 from projections.views.steps import (
@@ -187,7 +188,7 @@ def steps_router() -> APIRouter:
             raise HTTPException(422, "scope: give a scope with its limit, or a timezone")
         if body.timezone is not None:
             try:
-                zone_of(body.timezone)
+                zone(body.timezone)
             except ValueError as exc:
                 raise HTTPException(422, f"timezone: {exc}") from None
         payload = BudgetSet(scope=body.scope, subject=body.id, limit=Limit(tokens=body.tokens, usd=body.usd),

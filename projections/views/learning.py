@@ -6,12 +6,12 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from agents.folds.learning import current_streak, next_position, next_run_at
+from agents.folds.zones import zone as tz_zone
 from projections.views import Source, connection
 
 
@@ -157,7 +157,7 @@ def status_of(row: dict[str, Any] | None, learner: str, *, now: datetime, agents
     stats = LearningStatsView(
         total_sessions=row["total_sessions"], completed_sessions=completed, total_time_min=row["total_time_min"],
         average_confidence=round(row["confidence_sum"] / completed, 1) if completed else 0.0,
-        current_streak_days=current_streak(row["completion_days"], now.astimezone(ZoneInfo(zone)).date()),
+        current_streak_days=current_streak(row["completion_days"], now.astimezone(tz_zone(zone)).date()),
     )
     return StatusView(user_id=learner, active_intent=intent, latest_session=latest,
                       signal_freshness=signal_freshness, next_scheduled_run=next_run, learning_stats=stats)

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agents.folds.outbound import (
-    TZ_VERSION,
     FoldError,
     OutboundConfig,
     OutboundState,
@@ -19,8 +18,8 @@ from agents.folds.outbound import (
     fold,
     local_instant,
     quiet_window,
-    zone,
 )
+from agents.folds.zones import TZ_VERSION, zone
 from schemas import Envelope, Payload, new_event
 from schemas.outbound import (
     MessageData,
