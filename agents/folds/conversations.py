@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from msgspec.structs import replace
 
+from agents.folds import FoldError
 from schemas import Envelope, emitted
 from schemas.conversations import (
     CONVERSATION_EVENTS,
@@ -107,10 +108,6 @@ def encode_state(state: ConversationState) -> bytes:
 def decode_state(data: bytes) -> ConversationState:
     """Inverse of encode_state."""
     return _state_decoder.decode(data)
-
-
-class FoldError(Exception):
-    """An envelope the conversation fold cannot apply; the agent dead-letters it."""
 
 
 class FoldConfig(msgspec.Struct, frozen=True, kw_only=True):

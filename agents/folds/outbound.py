@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from msgspec.structs import replace
 
+from agents.folds import FoldError
 from agents.folds.zones import TZ_VERSION, zone
 from schemas import Envelope, Payload, emitted
 from schemas.conversations import ContactLinked, ContactUnlinked
@@ -48,10 +49,6 @@ Status = Literal["deferred", "sending", "retrying", "sent", "dropped", "failed"]
 TERMINAL: frozenset[str] = frozenset({"sent", "dropped", "failed"})
 _RANK = {priority: rank for rank, priority in enumerate(PRIORITIES)}
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-
-
-class FoldError(Exception):
-    """An envelope the outbound fold cannot apply; the agent dead-letters it."""
 
 
 def parse_hhmm(value: str) -> time:

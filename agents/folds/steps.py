@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from msgspec.structs import replace
 
+from agents.folds import FoldError
 from agents.folds.zones import TZ_VERSION, UnknownZone, zone
 from schemas import Envelope, emitted
 from schemas.steps import (
@@ -51,10 +52,6 @@ from schemas.steps import (
 
 ACTOR = "fold:steps"
 TERMINAL = frozenset({"executed", "failed", "rejected", "skipped"})
-
-
-class FoldError(Exception):
-    """An envelope the steps fold cannot apply; the agent dead-letters it."""
 
 
 class FoldConfig(msgspec.Struct, frozen=True, kw_only=True):
