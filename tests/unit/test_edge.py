@@ -96,11 +96,12 @@ def test_utf8_and_numbers_are_checked_outside_strings_only() -> None:
     assert check_json(json.dumps({"digits": "9" * 5000}).encode()) is None  # a long string of digits is text
 
 
-def test_the_check_is_linear_on_a_body_at_the_limit() -> None:
-    started = time.perf_counter()
-    for body in (b"[" * 1_048_576, b'["' + b"a" * 1_048_570 + b'"]', b'[1,' * 349_525 + b"1]"):
-        check_json(body)
-    assert time.perf_counter() - started < 2.0  # three 1 MiB bodies; tens of milliseconds each on a slow core
+def test_bodies_at_the_size_limit_get_their_verdict() -> None:
+    # One pass over the bytes, no parsing (its speed is a bench matter, not a test's).
+    deep = check_json(b"[" * 1_048_576)
+    assert deep is not None and "nested" in deep["msg"], deep
+    assert check_json(b'["' + b"a" * 1_048_570 + b'"]') is None
+    assert check_json(b"[" + b"1," * 524_286 + b"1]") is None  # half a million numbers, flat
 
 
 # -- one body limit for every route --------------------------------------------------------------------------------
@@ -289,20 +290,18 @@ def test_the_webhook_body_limit_holds_before_the_signature(api: TestClient) -> N
 
 # -- logs -----------------------------------------------------------------------------------------------------------
 
-def test_log_values_and_exceptions_render_bounded_and_fast(capsys: pytest.CaptureFixture[str]) -> None:
+def test_log_values_and_exceptions_render_bounded(capsys: pytest.CaptureFixture[str]) -> None:
     configure_bounded_logging()
     structure: Any = 1
     for _ in range(900):
         structure = {"meta": [structure, "x" * 50]}
     assert len(str(bounded(structure))) <= 1000 and len(str(bounded("y" * 100_000))) < 1100
     log = structlog.get_logger("test")
-    started = time.perf_counter()
     try:
         deep_local = structure  # noqa: F841 (a local that rich's tracebacks used to render in full)
         raise RecursionError("deep")
     except RecursionError:
         log.exception("failed", body=structure, path="/v1/learning/intent.sync")
-    elapsed = time.perf_counter() - started
     err = capsys.readouterr().out
-    assert elapsed < 1.0 and len(err) < 20_000 and "deep_local" not in err and "RecursionError" in err
+    assert len(err) < 20_000 and "deep_local" not in err and "RecursionError" in err
     logging.getLogger().handlers.clear()
