@@ -158,7 +158,6 @@ class LocalKafka:
     jvm_options: Sequence[str] = LIGHT_JVM
     broker_config: dict[str, str] = field(default_factory=dict)
     nodes: list[KafkaNode] = field(default_factory=list)
-    _owner: threading.Thread | None = field(default=None, init=False, repr=False)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -260,7 +259,6 @@ class LocalKafka:
 
     def _spawn(self, node: KafkaNode, java: str | None = None, jars: str | None = None) -> None:
         java, jars = java or find_java(), jars or classpath()
-        self._owner = threading.current_thread()
         with open(node.log, "ab") as log:
             node.process = subprocess.Popen(
                 self._java(java, jars, "kafka.Kafka", str(node.config), heap=self.jvm_options),
