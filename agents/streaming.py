@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -157,7 +158,8 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
         async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
             records = [_record(e) for e in events]
             if wrong := [r for r in records if misplaced(r, settings.topic_partitions)]:
-                records = await reroute(records, wrong)
+                await reroute(wrong)
+                records = [r for r in records if r not in wrong]
             result = fold_batch(records, load_state, folder, unwritten)
             # Emissions are acknowledged before the state that includes them is written, so a
             # crash in between re-emits the same ids (deduplicated downstream) instead of losing them.
@@ -174,19 +176,16 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
             if on_fold is not None:
                 on_fold(len(events))
 
-    async def reroute(records: list[Record], wrong: list[Record]) -> list[Record]:
+    async def reroute(wrong: list[Record]) -> None:
         # Per-key order and a single writer per state hold only on the key's own partition: a record elsewhere
         # is forwarded there (same bytes, same event id) before this batch is acknowledged, and folded there,
         # in order with the key's other events; a redelivery of it is an applied id the fold skips.
         await log.forward(wrong, settings.topic_partitions)
-        actors: dict[str, int] = {}
-        for record in wrong:
-            actor = _actor(record)
-            actors[actor] = actors.get(actor, 0) + 1
-            metrics.REROUTED.labels(domain.name, actor).inc()
+        actors = Counter(_actor(record) for record in wrong)
+        for actor, count in actors.items():
+            metrics.REROUTED.labels(domain.name, actor).inc(count)
         log_.warning("re-routed %d %s record(s) found on partitions their keys do not belong to, by producer: %s",
                      len(wrong), domain.name, ", ".join(f"{actor} ({n})" for actor, n in sorted(actors.items())))
-        return [r for r in records if not misplaced(r, settings.topic_partitions)]
 
     if domain.effects is not None:
         _register_effects(app, settings, domain, topic, log)

@@ -30,12 +30,13 @@ from streams.demo import message_delivery, post_signed
 from streams.embedded import child_env
 from streams.local_kafka import LocalKafka, LocalKafkaError
 from streams.runtime import Runtime
-from streams.settings import Settings, settings_env
+from streams.settings import Settings
 from streams.tenants import load_tenants
 from streams.topics import changelog_topic, log_end_offsets, topic_partitions
 from tests.conftest import backends, fresh_database, settings_for
 from tests.integration.conftest import eventually
 from tests.integration.test_external_effects import FakeApis
+from tests.integration.test_pipeline import replay_verify
 from tests.integration.test_runtime import alive, running_dev
 
 pytestmark = pytest.mark.skipif(backends().broker != "local-kafka",
@@ -69,12 +70,6 @@ def sessions(settings: Settings) -> dict[str, tuple[int, int, int, int, int]]:
         rows = conn.execute("SELECT contact, messages_received, duplicates_dropped, replies_requested, replies_sent,"
                             " replies_failed FROM conversation_sessions").fetchall()
     return {name: tuple(rest) for name, *rest in rows}
-
-
-def replay_verify(settings: Settings) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", "replay", "--verify"],
-                          env=child_env(**settings_env(settings), COLUMNS="200"),
-                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def deliver(client: httpx.Client, settings: Settings, body: dict) -> int:
