@@ -313,9 +313,11 @@ def workflow_router() -> APIRouter:
     async def bugs(tenant: Tenant, pool: Pool, task: str | None = None,
                    min_count: Annotated[int, Query(ge=1)] = 1, classification: str | None = None,
                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-        found = await list_bugs(pool, tenant, task_code=task, min_count=min_count, classification=classification,
-                                limit=limit)
-        return {"rules_version": await live_rules_version(pool, tenant), "bugs": found}
+        # One read of the version for both: the list and the version it is grouped by never disagree.
+        version = await live_rules_version(pool, tenant)
+        found = await list_bugs(pool, tenant, version=version, task_code=task, min_count=min_count,
+                                classification=classification, limit=limit)
+        return {"rules_version": version, "bugs": found}
 
     @router.post("/v1/bugs/regroup", summary="Regroup every logged bug under another rules version")
     async def regroup(body: RegroupIn, request: Request, tenant: Tenant, pool: Pool) -> dict[str, Any]:

@@ -59,7 +59,8 @@ async def get_task(source: Source, tenant_id: str, task_code: str) -> dict[str, 
         task = await cur.fetchone()
         if task is None:
             return None
-        task["bugs"] = await list_bugs(conn, tenant_id, task_code=task_code)
+        task["bugs"] = await list_bugs(conn, tenant_id, version=await live_rules_version(conn, tenant_id),
+                                       task_code=task_code)
     return task
 
 
@@ -126,11 +127,10 @@ async def get_sprint(source: Source, tenant_id: str, sprint_code: str) -> dict[s
     return {**(sprint or {"sprint_code": sprint_code}), "tasks": len(tasks), "tasks_by_phase": by_phase}
 
 
-async def list_bugs(source: Source, tenant_id: str, *, task_code: str | None = None, min_count: int = 1,
-                    classification: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """The tenant's bugs under its live rules version, most frequent first."""
+async def list_bugs(source: Source, tenant_id: str, *, version: int, task_code: str | None = None,
+                    min_count: int = 1, classification: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """The tenant's bugs grouped under one rules version, most frequent first."""
     async with connection(source) as conn:
-        version = await live_rules_version(conn, tenant_id)
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             "SELECT fingerprint, rules_version, classification, message, normalized_message, file, line, first_seen,"
