@@ -55,16 +55,58 @@ class BatchResult(Generic[S]):
     redelivered: int = 0
 
 
+# How many applied event ids a state keeps: a duplicate on the log further back than this is folded again.
+APPLIED_IDS_KEPT = 1024
+
+
+class FoldState(msgspec.Struct, kw_only=True):
+    """The spine's part of every domain state (folds never touch it).
+
+    applied_event_ids: the events the state includes (with the decisions it emitted onto its own stream), so a
+    duplicate on the log changes nothing; log_offset: the offset of the last record folded in, so a redelivered record is
+    skipped before it is decoded.
+    """
+
+    applied_event_ids: list[str] = []
+    log_offset: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class StateCodec(Generic[S]):
+    """How a domain's states are stored in its table and changelog."""
+
+    encode: Callable[[S], bytes]
+    decode: Callable[[bytes], S]
+
+    @classmethod
+    def json(cls, state_type: Any) -> StateCodec:
+        """JSON through msgspec, the encoder and decoder built once (state_type may be a tagged union)."""
+        return cls(encode=msgspec.json.Encoder().encode, decode=msgspec.json.Decoder(state_type).decode)
+
+
 @dataclass(frozen=True, slots=True)
 class Folder(Generic[S]):
-    """A domain's pure fold plus the rule saying when a state must be written mid-batch.
-
-    States are msgspec Structs with a `log_offset` field: the offset of the last record they include.
-    """
+    """A domain's pure fold as the spine applies it: once per event, with the rule for mid-batch writes."""
 
     fold: Callable[[S | None, Envelope, Any], tuple[S | None, list[Envelope]]]
     config: Any
     ends_state: Callable[[Envelope], bool] = lambda _envelope: False
+    # What a duplicate does to the state (the conversations fold counts them); None: nothing.
+    on_duplicate: Callable[[S, Envelope], S] | None = None
+    applied_ids_kept: int = APPLIED_IDS_KEPT
+
+    def apply(self, state: S | None, envelope: Envelope) -> tuple[S | None, list[Envelope]]:
+        """Fold one envelope unless the state already includes its event; record the event as applied."""
+        event_id = str(envelope.event_id)
+        if state is not None and event_id in state.applied_event_ids:  # type: ignore[attr-defined]
+            return (self.on_duplicate(state, envelope) if self.on_duplicate else state), []
+        new_state, emitted = self.fold(state, envelope, self.config)
+        if new_state is None or (new_state is state and not emitted):
+            return new_state, emitted
+        # A decision the fold emits onto its own stream is applied as it is made: its echo is a duplicate.
+        own = [str(e.event_id) for e in emitted if e.stream_id == envelope.stream_id]
+        applied = [*new_state.applied_event_ids, event_id, *own][-self.applied_ids_kept:]  # type: ignore[attr-defined]
+        return msgspec.structs.replace(new_state, applied_event_ids=applied), emitted
 
 
 def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folder: Folder[S],
@@ -92,7 +134,7 @@ def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folde
             result.dead.append((record, str(exc)))
             continue
         try:
-            new_state, emitted = folder.fold(state, envelope, folder.config)
+            new_state, emitted = folder.apply(state, envelope)
         except Exception as exc:  # noqa: BLE001 - any fold failure is a dead letter, never a skip
             result.dead.append((record, f"fold: {type(exc).__name__}: {exc}"))
             continue

@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaProducer
 
 from agents.batching import Record, fold_batch
 from schemas import DecodeError, Envelope, decode, encode, registration
-from streams.app import domain_topic, raw_table
 from streams import metrics
+from streams.app import domain_topic, raw_table
 from streams.deadletter import dead_letter_record
 from streams.domains import Domain
 from streams.publisher import producer_options

@@ -36,8 +36,8 @@ from typing import Any
 
 import httpx
 
-from agents.folds.learning import FoldConfig, fold
-from agents.learning import LearningSettings, SignalsEffect
+from agents.learning.config import LearningSettings, SignalsEffect
+from agents.learning.fold import FoldConfig, fold
 from schemas import new_event
 from schemas.learning import (
     DayPlanned,

@@ -29,10 +29,17 @@ from pathlib import Path
 import msgspec
 from aiokafka import AIOKafkaConsumer
 
-from agents.folds.outbound import OutboundConfig
-from agents.outbound import simulate
+from agents.outbound.config import simulate
+from agents.outbound.fold import OutboundConfig
 from schemas import Envelope, new_event
-from schemas.outbound import DECISION_EVENTS, MessageData, MessageQueued, PreferencesUpdated, QuietHours, UserActive
+from schemas.outbound import (
+    DECISION_EVENTS,
+    MessageData,
+    MessageQueued,
+    PreferencesUpdated,
+    QuietHours,
+    UserActive,
+)
 from streams.embedded import EmbeddedBroker, child_env
 from streams.publisher import Publisher
 from streams.settings import Settings, settings_env

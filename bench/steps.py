@@ -23,11 +23,11 @@ import httpx
 import psycopg
 from pydantic import SecretStr
 
+from bench.fake_anthropic import FakeAnthropic
 from streams.auth import issue_token
 from streams.embedded import EmbeddedBroker, EmbeddedPostgres
 from streams.runtime import Runtime
 from streams.settings import Settings
-from tests.fake_anthropic import FakeAnthropic
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "acme"

@@ -28,9 +28,14 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from agents.workflow import WorkflowSettings
+from agents.workflow.config import WorkflowSettings
 from projections.migrations import apply_migrations
-from projections.views.workflow import SearchCache, scope_marker, search, search_statement
+from projections.workflow.views import (
+    SearchCache,
+    scope_marker,
+    search,
+    search_statement,
+)
 from streams.auth import issue_token
 from streams.embedded import EmbeddedBroker, EmbeddedPostgres
 from streams.runtime import Runtime

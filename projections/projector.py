@@ -16,9 +16,9 @@ from psycopg import AsyncConnection, AsyncCursor
 
 from agents.batching import BadRecord, envelope_of
 from projections import ProjectionError
+from projections.archive import event_row, write_events
 from projections.migrations import apply_migrations
-from projections.writers import ReadModel, write_rows
-from projections.writers.events import event_row, write_events
+from projections.readmodel import ReadModel, write_rows
 from streams import metrics
 from streams.deadletter import dead_letter_record
 from streams.domains import Domain, domain_of_topic, load_domains, migration_sources

@@ -17,10 +17,15 @@ from rich.text import Text
 
 from agents.batching import BadRecord, Record, envelope_of, fold_batch
 from projections import ProjectionError
+from projections.archive import EVENTS, event_row, write_events
 from projections.migrations import apply_migrations
-from projections.projector import assigned_consumer, is_record_fault, load_offsets, state_changelogs
-from projections.writers import ReadModel, write_rows
-from projections.writers.events import EVENTS, event_row, write_events
+from projections.projector import (
+    assigned_consumer,
+    is_record_fault,
+    load_offsets,
+    state_changelogs,
+)
+from projections.readmodel import ReadModel, write_rows
 from streams.domains import domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
 from streams.topics import log_end_offsets, misplaced, topic_partitions

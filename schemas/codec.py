@@ -16,8 +16,8 @@ from schemas.errors import (
     DecodeError,
     SchemaError,
     UnknownEventType,
-    UnsupportedSchemaVersion,
     UnstorableEvent,
+    UnsupportedSchemaVersion,
 )
 from schemas.upcasters import UPCASTERS
 

@@ -304,7 +304,9 @@ WORKFLOW_INGESTIBLE = frozenset({
 
 def bug_fingerprint(payload: BugLogged) -> str:
     """The fingerprint of a logged error under its rules version."""
-    from agents.bugrules import fingerprint  # pure rules; schemas import neither faust nor psycopg
+    from schemas.bugrules import (
+        fingerprint,  # pure rules; schemas import neither faust nor psycopg
+    )
 
     return fingerprint(payload.message, payload.file, payload.line, payload.stack,
                        version=payload.rules_version, project_root=payload.project_root)

@@ -20,7 +20,9 @@ import msgspec
 from fastapi import APIRouter, Request
 
 from schemas import EventCatalog, registration
-from schemas.codec import _Header  # the envelope as `schemas.decode` checks it (lengths, time zones, UUIDs)
+from schemas.codec import (
+    _Header,  # the envelope as `schemas.decode` checks it (lengths, time zones, UUIDs)
+)
 from schemas.envelope import BATON_NAMESPACE
 from streams.domains import load_domains
 from streams.settings import Settings

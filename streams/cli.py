@@ -97,7 +97,7 @@ def dev(
                           "refused by every process outside development.", style="yellow")
         console.print(f'curl -H "Authorization: Bearer {token}" {runtime.api_url}/v1/conversations', soft_wrap=True)
         if demo:
-            from streams.demo import run_demo
+            from streams.domains.conversations.demo import run_demo
 
             contacts = run_demo(runtime.api_url, settings, tenants.by_id[tenant], token)
             console.print(f"Demo conversations sent for {', '.join(contacts)}; see {runtime.api_url}/v1/conversations")
@@ -243,7 +243,7 @@ def trace(
     """Show the causal chain around an id across every domain, each hop with its time and the gap to the previous."""
     import psycopg
 
-    from projections.views.trace import trace as find_trace
+    from projections.trace.views import trace as find_trace
 
     settings = connected_settings()
 
@@ -315,7 +315,7 @@ def deadletter_redrive(
 
 
 def _tenants(settings: Settings):
-    from streams.tenants import load_tenants
+    from agents.tenants import load_tenants
 
     return load_tenants(settings.tenants_file)
 

@@ -11,6 +11,7 @@ one line naming the cause, and nothing half-started is left behind.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -22,7 +23,6 @@ import subprocess
 import threading
 import time
 import uuid
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -10,10 +10,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 
-from projections.api.console import mount_console
-from projections.api.ops import ops_router
-from projections.api.trace import trace_router
+from agents.tenants import load_tenants
+from projections.console.routes import mount_console
 from projections.migrations import apply_migrations
+from projections.operations import ops_router
+from projections.trace.routes import trace_router
 from streams.asyncapi import asyncapi_router
 from streams.domains import load_domains, migration_sources
 from streams.edge import RequestGuard, configure_bounded_logging
@@ -21,7 +22,6 @@ from streams.ingest import ingest_router
 from streams.metrics import EdgeMetrics, exposition
 from streams.publisher import EventTooLarge, Publisher
 from streams.settings import Settings, require_secure
-from streams.tenants import load_tenants
 from streams.topics import ensure_topics
 
 

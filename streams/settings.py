@@ -10,7 +10,6 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # Public development secrets: `baton dev` runs with them; every process outside development refuses them.
 DEV_JWT_SECRET = "baton-dev-secret-change-me-0123456789"
 DEV_WHATSAPP_APP_SECRET = "baton-dev-app-secret"
@@ -98,10 +97,9 @@ class Settings(BaseSettings):
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_LLM_PRICES))
     llm_timeout_s: float = Field(30.0, gt=0)
 
+    # The conversation routing model and its timeout; its calls are priced by llm_prices like every other.
     classifier_model: str = "claude-haiku-4-5"
     classifier_timeout_s: float = Field(5.0, gt=0)
-    classifier_input_usd_per_mtok: float = 1.0
-    classifier_output_usd_per_mtok: float = 5.0
 
     session_timeout_hours: float = Field(24.0, gt=0)
     max_dialogue_turns: int = Field(50, ge=1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import functools
 import os
-from contextlib import contextmanager
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from secrets import token_urlsafe
 

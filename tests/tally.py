@@ -9,17 +9,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import msgspec
 from fastapi import APIRouter, HTTPException
 from msgspec.structs import replace
 
-from agents.batching import Folder
-from projections.api import Pool
-from projections.views import connection
-from projections.writers import ReadModel
+from agents.batching import Folder, FoldState, StateCodec
+from projections.connections import connection
+from projections.readmodel import ReadModel
+from projections.routes import Pool
 from schemas import Envelope, EventCatalog, Payload, emitted, register_catalog
 from streams.auth import Tenant
-from streams.domains import Domain, StateCodec
+from streams.domains import Domain
 
 MILESTONE = 10
 
@@ -58,22 +57,18 @@ CATALOG = register_catalog(EventCatalog(
 ))
 
 
-class TallyState(msgspec.Struct, kw_only=True):
+class TallyState(FoldState, kw_only=True):
     tenant_id: str
     counter: str
     total: int = 0
     counts: int = 0
     milestones: int = 0
     announced: int = 0
-    applied_event_ids: list[str] = []
-    log_offset: int = -1
 
 
 def fold(state: TallyState | None, envelope: Envelope, _config: object) -> tuple[TallyState, list[Envelope]]:
     payload = envelope.payload
     state = state or TallyState(tenant_id=envelope.tenant_id, counter=payload.counter)  # type: ignore[attr-defined]
-    if str(envelope.event_id) in state.applied_event_ids:
-        return state, []
     out: list[Envelope] = []
     changes: dict[str, int] = {}
     if isinstance(payload, Counted):
@@ -84,8 +79,7 @@ def fold(state: TallyState | None, envelope: Envelope, _config: object) -> tuple
             out.append(emitted(envelope, 0, MilestoneReached(counter=payload.counter, total=total), actor="fold:tally"))
     elif isinstance(payload, MilestoneAnnounced):
         changes = {"announced": state.announced + 1}
-    applied = [*state.applied_event_ids, str(envelope.event_id), *(str(e.event_id) for e in out)][-256:]
-    return replace(state, **changes, applied_event_ids=applied), out
+    return replace(state, **changes), out
 
 
 class Announcer:
@@ -128,14 +122,12 @@ def router() -> APIRouter:
     return routes
 
 
-_decoder = msgspec.json.Decoder(TallyState)
-
 DOMAIN = Domain(
     name="tally",
     catalog=CATALOG,
     folder=lambda _settings: Folder(fold=fold, config=None),
     state_table="tallies",
-    state_codec=StateCodec(encode=msgspec.json.encode, decode=_decoder.decode),
+    state_codec=StateCodec.json(TallyState),
     read_models=(COUNTERS,),
     migrations=Path(__file__).resolve().parent / "tally_migrations",
     routers=lambda: (router(),),

@@ -16,8 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agents.batching import Folder
-from projections.writers import ReadModel
+from agents.batching import Folder, StateCodec
+from projections.readmodel import ReadModel
 from schemas import Envelope, EventCatalog
 from streams.settings import Settings, get_settings
 
@@ -45,14 +45,6 @@ class EffectWorker(Protocol):
     async def run(self, envelope: Envelope) -> list[Envelope]: ...
 
     def unknown_outcome(self, envelope: Envelope) -> list[Envelope]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class StateCodec:
-    """How a domain's states are stored in its table and changelog."""
-
-    encode: Callable[[Any], bytes]
-    decode: Callable[[bytes], Any]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
 
+from agents.tenants import Tenant, load_tenants
+from projections.migrations import apply_migrations
+from projections.readmodel import ReadModel, write_rows
 from streams.auth import issue_token
 from streams.runtime import Runtime
 from streams.settings import Settings
-from streams.tenants import Tenant, load_tenants
-from tests.conftest import fresh_database, settings_for
 
-T = TypeVar("T")
+# Re-exported for modules written before tests/fixtures: import them from there.
+from tests.fixtures.pipeline import produce_records  # noqa: F401
+from tests.fixtures.runtime import module_runtime  # noqa: F401
+from tests.fixtures.waiting import eventually  # noqa: F401
 
 
 @pytest.fixture
@@ -29,15 +31,6 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     """
     with Runtime(settings.model_copy(update={"api_port": 0})).start() as runtime:
         yield runtime
-
-
-@contextmanager
-def module_runtime(bootstrap_servers: str, postgres_server_url: str, data_dir: Path,
-                   **overrides: object) -> Iterator[Runtime]:
-    """A runtime with a database of its own, shared by the tests of one module (any free API port)."""
-    with fresh_database(postgres_server_url) as url, Runtime(
-            settings_for(bootstrap_servers, url, data_dir, api_port=0, **overrides)).start() as running:
-        yield running
 
 
 @pytest.fixture
@@ -53,24 +46,25 @@ def api(runtime: Runtime) -> Iterator[httpx.Client]:
         yield client
 
 
-async def produce_records(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    """Write raw (key, value) records to a topic, bypassing every check of Baton's publishers."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send_and_wait(topic, value, key=key)
-    finally:
-        await producer.stop()
+@pytest.fixture
+async def migrated_conn(database_url: str) -> AsyncIterator[AsyncConnection]:
+    """An autocommit connection to a fresh database with every registered migration applied."""
+    await apply_migrations(database_url)
+    async with await AsyncConnection.connect(database_url, autocommit=True) as connection:
+        yield connection
 
 
-def eventually(probe: Callable[[], T | None], what: str, within_s: float = 60.0) -> T:
-    """Poll probe until it returns something truthy; fail naming what never happened."""
-    deadline = time.monotonic() + within_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {within_s:.0f} s (last probe: {last!r})")
+@pytest.fixture
+def project_rows(migrated_conn: AsyncConnection) -> Callable[[ReadModel, Iterable[Any]], Awaitable[list[dict]]]:
+    """`await project_rows(model, states)`: write the rows the states give the model (one statement, as the projector
+    does), then read the whole table back by column name, ordered by its key."""
+
+    async def project(model: ReadModel, states: Iterable[Any]) -> list[dict]:
+        async with migrated_conn.transaction(), migrated_conn.cursor() as cur:
+            await write_rows(cur, model, [row for state in states for row in model.rows_of(state)])
+        query = sql.SQL("SELECT * FROM {} ORDER BY {}").format(sql.Identifier(model.table), sql.Identifier(model.key))
+        async with migrated_conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query)
+            return await cur.fetchall()
+
+    return project

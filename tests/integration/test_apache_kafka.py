@@ -25,19 +25,19 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from agents.tenants import load_tenants
 from streams.auth import issue_token
-from streams.demo import message_delivery, post_signed
+from streams.domains.conversations.demo import message_delivery, post_signed
 from streams.embedded import child_env
 from streams.local_kafka import LocalKafka, LocalKafkaError
 from streams.runtime import Runtime
 from streams.settings import Settings
-from streams.tenants import load_tenants
 from streams.topics import changelog_topic, log_end_offsets, topic_partitions
 from tests.conftest import backends, fresh_database, settings_for
-from tests.integration.conftest import eventually
-from tests.integration.test_external_effects import FakeApis
-from tests.integration.test_pipeline import replay_verify
-from tests.integration.test_runtime import alive, running_dev
+from tests.fixtures.apis import FakeApis
+from tests.fixtures.pipeline import replay_verify
+from tests.fixtures.runtime import alive, running_dev
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.skipif(backends().broker != "local-kafka",
                                 reason="runs in the Apache Kafka lane (BATON_TEST_BROKER=kafka)")

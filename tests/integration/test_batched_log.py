@@ -17,8 +17,8 @@ from streams.publisher import Publisher, producer_options
 from streams.runtime import Runtime
 from streams.settings import Settings, settings_env
 from streams.topics import changelog_topic, ensure_topics, log_end_offsets
-from tests.integration.conftest import eventually
-from tests.integration.test_pipeline import _messages, _sessions
+from tests.fixtures.pipeline import acme_messages, acme_sessions
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -52,20 +52,20 @@ async def test_log_end_offsets_count_every_record_of_multi_record_batches(settin
 def test_worker_killed_while_batched_emissions_are_in_flight_loses_nothing(runtime: Runtime) -> None:
     settings = runtime.settings
     contacts, per_contact = 40, 10
-    envelopes = _messages(contacts, per_contact, datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
+    envelopes = acme_messages(contacts, per_contact, datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
 
     async def publish(chunk) -> None:
         async with Publisher(settings) as publisher:  # one call: the producer groups the records in batches
             await publisher.publish(chunk)
 
     asyncio.run(publish(envelopes[: len(envelopes) // 2]))
-    eventually(lambda: sum(v[0] for v in _sessions(settings).values()) >= 20, "some messages folded")
+    eventually(lambda: sum(v[0] for v in acme_sessions(settings).values()) >= 20, "some messages folded")
     runtime.kill("worker", signal.SIGKILL)
     asyncio.run(publish(envelopes[len(envelopes) // 2:]))
     runtime.spawn("worker")
 
     def settled():
-        sessions = _sessions(settings)
+        sessions = acme_sessions(settings)
         done = len(sessions) == contacts and all(v[2] + v[3] == per_contact for v in sessions.values())
         return sessions if done else None
 

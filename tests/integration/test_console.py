@@ -19,8 +19,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from streams.auth import issue_token
 from streams.runtime import Runtime
 from streams.settings import Settings
-from tests.fake_anthropic import FakeAnthropic
-from tests.integration.conftest import eventually, produce_records
+from tests.fixtures.anthropic import FakeAnthropic
+from tests.fixtures.pipeline import produce_records
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

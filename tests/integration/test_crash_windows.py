@@ -21,22 +21,21 @@ from streams.auth import issue_token
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.topics import log_end_offsets
-from tests.integration.conftest import eventually
-from tests.integration.test_external_effects import (
-    HOLD_LIMIT_S,
-    FakeApis,
+from tests.fixtures.apis import HOLD_LIMIT_S, FakeApis
+from tests.fixtures.effects import (
     Replies,
-    _publish,
-    _runtime,
-    _totals,
     assert_replies_effectively_once,
     assert_sent_ids_came_from_the_fake,
     graph_identity,
     log_envelopes,
     more_messages,
+    publish_envelopes,
+    reply_totals,
+    runtime_with_fakes,
     started_sends,
 )
-from tests.integration.test_pipeline import _messages, _sessions, replay_verify
+from tests.fixtures.pipeline import acme_messages, acme_sessions, replay_verify
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +45,7 @@ START = datetime(2026, 11, 1, tzinfo=UTC)
 def _all_answered(settings: Settings, contacts: int, per_contact: int):
     """Probe: every contact's read model shows per_contact replies requested, each sent or failed."""
     def probe():
-        totals = _totals(settings)
+        totals = reply_totals(settings)
         done = len(totals) == contacts and all(r == per_contact and s + f == per_contact for r, s, f in totals.values())
         return totals if done else None
     return probe
@@ -93,17 +92,17 @@ def _assert_read_models_match_the_log(settings: Settings) -> None:
 
 def test_sends_held_in_flight_at_the_kill_are_reported_unknown_and_never_sent_again(settings: Settings) -> None:
     contacts = 6
-    before = _messages(contacts, 1, START)
+    before = acme_messages(contacts, 1, START)
     held_phase = more_messages(contacts, 1, START + timedelta(hours=1), "held")
     after_restart = more_messages(contacts, 1, START + timedelta(hours=2), "after-restart")
     fake = FakeApis()
     try:
         # The worker's Graph API timeout outlasts the hold, so a held send ends only with the kill.
-        with _runtime(settings, fake, whatsapp_timeout_s=HOLD_LIMIT_S).start() as runtime:
-            _publish(runtime.settings, before)
+        with runtime_with_fakes(settings, fake, whatsapp_timeout_s=HOLD_LIMIT_S).start() as runtime:
+            publish_envelopes(runtime.settings, before)
             eventually(_all_answered(runtime.settings, contacts, 1), "first replies sent")
             fake.hold()
-            _publish(runtime.settings, held_phase)
+            publish_envelopes(runtime.settings, held_phase)
 
             def frozen():
                 # The sends held at the fake are exactly those the worker started (ledger) and has no outcome
@@ -121,7 +120,7 @@ def test_sends_held_in_flight_at_the_kill_are_reported_unknown_and_never_sent_ag
             assert fake.in_flight() == held
             fake.release()  # their answers go nowhere: the worker that waited for them is gone
             runtime.spawn("worker")
-            _publish(runtime.settings, after_restart)
+            publish_envelopes(runtime.settings, after_restart)
             eventually(_all_answered(runtime.settings, contacts, 3), "every reply sent or failed", within_s=120)
             replies = Replies.on_log(runtime.settings)
             _assert_read_models_match_the_log(runtime.settings)
@@ -144,13 +143,13 @@ def test_worker_killed_before_its_first_commit_answers_every_message_once(
     # Faust reads its commit interval from the environment (BROKER_COMMIT_INTERVAL): this worker never commits.
     monkeypatch.setenv("BROKER_COMMIT_INTERVAL", "3600")
     contacts, per_contact, later = 10, 6, 1
-    envelopes = _messages(contacts, per_contact, START)
+    envelopes = acme_messages(contacts, per_contact, START)
     after_restart = more_messages(contacts, later, START + timedelta(hours=1), "after-restart")
     fake = FakeApis()
     try:
-        with _runtime(settings, fake).start() as runtime:
-            _publish(runtime.settings, envelopes)
-            eventually(lambda: sum(v[0] for v in _sessions(runtime.settings).values()) >= 10, "some messages folded")
+        with runtime_with_fakes(settings, fake).start() as runtime:
+            publish_envelopes(runtime.settings, envelopes)
+            eventually(lambda: sum(v[0] for v in acme_sessions(runtime.settings).values()) >= 10, "some messages folded")
             eventually(lambda: len(fake.sends) >= 10, "some replies sent")
             runtime.kill("worker", signal.SIGKILL)
             committed = _committed(runtime.settings)
@@ -159,11 +158,11 @@ def test_worker_killed_before_its_first_commit_answers_every_message_once(
             monkeypatch.delenv("BROKER_COMMIT_INTERVAL")
             # Every partition restarts never committed: the worker must start them at the log start.
             runtime.spawn("worker")
-            _publish(runtime.settings, after_restart)
+            publish_envelopes(runtime.settings, after_restart)
             eventually(_all_answered(runtime.settings, contacts, per_contact + later), "every reply sent or failed",
                        within_s=120)
             replies = Replies.on_log(runtime.settings)
-            sessions = _sessions(runtime.settings)
+            sessions = acme_sessions(runtime.settings)
             _assert_read_models_match_the_log(runtime.settings)
     finally:
         fake.close()
@@ -192,11 +191,11 @@ def _rollbacks(settings: Settings) -> int:
 def test_projector_killed_mid_batch_ends_equal_to_the_log(runtime: Runtime) -> None:
     contacts, per_contact, kills = 30, 12, 3
     rollbacks = _rollbacks(runtime.settings)
-    envelopes = _messages(contacts, per_contact, START)  # message n of every contact, then n + 1, ...
+    envelopes = acme_messages(contacts, per_contact, START)  # message n of every contact, then n + 1, ...
     size = len(envelopes) // kills
     caught_writing = 0
     for k in range(kills):
-        _publish(runtime.settings, envelopes[k * size:(k + 1) * size])
+        publish_envelopes(runtime.settings, envelopes[k * size:(k + 1) * size])
         # While the worker answers these, catch the projector inside a batch's transaction: poll without pausing.
         deadline = time.monotonic() + 60
         with psycopg.connect(runtime.settings.database_url, autocommit=True) as probe:
@@ -206,10 +205,10 @@ def test_projector_killed_mid_batch_ends_equal_to_the_log(runtime: Runtime) -> N
         caught_writing += writing
         runtime.spawn("projector")
     eventually(lambda: _rollbacks(runtime.settings) > rollbacks, "a kill rolling back a batch's open transaction")
-    eventually(lambda: (s := _sessions(runtime.settings)) and len(s) == contacts
+    eventually(lambda: (s := acme_sessions(runtime.settings)) and len(s) == contacts
                and all(v[2] + v[3] == per_contact for v in s.values()), "every message answered", within_s=120)
     _assert_read_models_match_the_log(runtime.settings)
-    sessions = _sessions(runtime.settings)
+    sessions = acme_sessions(runtime.settings)
     assert {c: (v[0], v[1], v[4]) for c, v in sessions.items()} == dict.fromkeys(
         sessions, (per_contact, per_contact, 2 * per_contact))
     assert caught_writing == kills, f"only {caught_writing} of {kills} kills were sent while the projector wrote"
@@ -269,11 +268,11 @@ def test_api_killed_mid_publish_loses_nothing_once_clients_retry(runtime: Runtim
     assert not retry, {i: statuses[i] for i in retry}
 
     expected = {source_event_id("acme", "ingest", b["source_id"]): b["payload"]["contact"] for b in bodies}
-    eventually(lambda: (s := _sessions(runtime.settings)) and len(s) == contacts
+    eventually(lambda: (s := acme_sessions(runtime.settings)) and len(s) == contacts
                and all(v[0] == per_contact and v[2] + v[3] == per_contact for v in s.values()),
                "every message folded and answered", within_s=120)
     copies = Counter(e.event_id for e in log_envelopes(runtime.settings) if e.type == "conversation.message.received")
     assert set(copies) == set(expected), "the log holds every accepted event id, and no other inbound message"
-    assert {c: v[0] for c, v in _sessions(runtime.settings).items()} == dict.fromkeys(
+    assert {c: v[0] for c, v in acme_sessions(runtime.settings).items()} == dict.fromkeys(
         set(expected.values()), per_contact), "the fold counts each message once"
     _assert_read_models_match_the_log(runtime.settings)

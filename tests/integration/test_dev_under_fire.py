@@ -15,13 +15,13 @@ import httpx
 import psycopg
 import pytest
 
-from streams.demo import message_delivery, post_signed
+from agents.tenants import load_tenants
+from streams.domains.conversations.demo import message_delivery, post_signed
 from streams.embedded import child_env
 from streams.settings import Settings
-from streams.tenants import load_tenants
-from tests.integration.conftest import eventually
-from tests.integration.test_external_effects import FakeApis
-from tests.integration.test_runtime import Dev, running_dev
+from tests.fixtures.apis import FakeApis
+from tests.fixtures.runtime import Dev, running_dev
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from streams.auth import issue_token
 from streams.embedded import child_env, free_port
 from streams.runtime import Runtime
 from streams.settings import Settings, settings_env
-from tests.integration.conftest import eventually
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

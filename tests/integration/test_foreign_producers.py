@@ -13,16 +13,16 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
-from streams.topics import key_partition
 from schemas import encode
 from streams.deadletter import list_dead_letters
 from streams.publisher import Publisher
 from streams.runtime import Runtime
 from streams.settings import Settings
+from streams.topics import key_partition
 from tests.conftest import fresh_database, settings_for
-from tests.conversation_logs import inbound
-from tests.integration.conftest import eventually
-from tests.integration.test_pipeline import replay_verify
+from tests.fixtures.conversation_logs import inbound
+from tests.fixtures.pipeline import replay_verify
+from tests.fixtures.waiting import eventually
 
 CONTACTS = 20
 START = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)

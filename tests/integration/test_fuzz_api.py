@@ -19,7 +19,8 @@ import requests
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, given  # noqa: E402
+from hypothesis import settings as hypothesis_settings
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -29,7 +30,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance  # noq
 
 from streams.auth import issue_token  # noqa: E402
 from streams.runtime import Runtime  # noqa: E402
-from tests.integration.conftest import module_runtime  # noqa: E402
+from tests.fixtures.runtime import module_runtime
 
 FUZZ_EXAMPLES = int(os.environ.get("BATON_FUZZ_EXAMPLES", "6"))
 # A route that streams until the client leaves: fuzzed with the tenant token only, which it refuses.

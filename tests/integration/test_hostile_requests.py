@@ -20,8 +20,10 @@ from streams.auth import issue_token
 from streams.deadletter import dead_letter_record
 from streams.runtime import Runtime
 from streams.topics import log_end_offsets
-from tests.conversation_logs import inbound
-from tests.integration.conftest import eventually, module_runtime, produce_records
+from tests.fixtures.conversation_logs import inbound
+from tests.fixtures.pipeline import produce_records
+from tests.fixtures.runtime import module_runtime
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

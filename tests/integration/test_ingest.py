@@ -16,56 +16,40 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaTimeoutError
-from fastapi import FastAPI
 from pydantic import SecretStr
 
 from agents.batching import Record, fold_batch
-from agents.conversations import conversation_folder
+from agents.conversations.config import conversation_folder
 from schemas import Envelope, decode, encode, source_event_id
-from streams.auth import issue_token
+from streams.domains.conversations.webhook import sign
 from streams.embedded import EmbeddedBroker
-from streams.ingest import ingest_router
 from streams.publisher import Publisher
 from streams.server import create_api
 from streams.settings import Settings
-from streams.tenants import load_tenants
 from streams.topics import ensure_topics, log_end_offsets
-from streams.whatsapp import sign, webhook_router
+from tests.fixtures.ingest import (
+    CONTACT,
+    bearer,
+    build_app,
+    conversation_partitions,
+    event,
+    hand_wired,
+    log_size,
+    webhook,
+)
 
 pytestmark = pytest.mark.integration
 
-CONTACT = "34612345678"
 MAX_BYTES = 4096
 MAX_EVENTS = 5
-
-
-def build_app(settings: Settings, publisher: Any) -> FastAPI:
-    """An app holding only the ingest and WhatsApp webhook routers, wired the way the server wires them."""
-    app = FastAPI()
-    app.state.settings = settings
-    app.state.publisher = publisher
-    app.state.tenants = load_tenants(settings.tenants_file)
-    app.include_router(ingest_router())
-    app.include_router(webhook_router())
-    return app
 
 
 @pytest.fixture
 def limited(settings: Settings) -> Settings:
     """The test's settings with small request limits."""
     return settings.model_copy(update={"max_request_bytes": MAX_BYTES, "max_batch_events": MAX_EVENTS})
-
-
-@asynccontextmanager
-async def hand_wired(settings: Settings, publisher: Any = None) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of build_app publishing to the real broker (through `publisher` when given)."""
-    await ensure_topics(settings)
-    async with Publisher(settings) as own:
-        transport = httpx.ASGITransport(app=build_app(settings, publisher or own))
-        async with httpx.AsyncClient(transport=transport, base_url="http://baton") as http:
-            yield http
 
 
 @asynccontextmanager
@@ -109,18 +93,9 @@ async def edge(request: pytest.FixtureRequest, limited: Settings) -> AsyncIterat
         yield http
 
 
-def _partitions(settings: Settings) -> list[TopicPartition]:
-    return [TopicPartition(settings.topic("conversations"), p) for p in range(settings.topic_partitions)]
-
-
-async def log_size(settings: Settings) -> int:
-    """Records on the conversations topic, counted by fetch watermarks (ListOffsets undercounts batches)."""
-    return sum((await log_end_offsets(settings, _partitions(settings))).values())
-
-
 async def read_log(settings: Settings) -> list[Envelope]:
     """Every envelope on the conversations topic, decoded."""
-    partitions = _partitions(settings)
+    partitions = conversation_partitions(settings)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -136,37 +111,6 @@ async def read_log(settings: Settings) -> list[Envelope]:
         return [decode(r.value) for r in records]
     finally:
         await consumer.stop()
-
-
-def bearer(settings: Settings, tenant: str = "acme") -> dict[str, str]:
-    return {"Authorization": f"Bearer {issue_token(settings, tenant)}"}
-
-
-def event(contact: str = CONTACT, **extra: Any) -> dict[str, Any]:
-    """A valid ingest event: an inbound message from a contact."""
-    return {
-        "type": "conversation.message.received",
-        "occurred_at": "2024-05-01T14:00:00+02:00",
-        "payload": {"contact": contact, "whatsapp_message_id": f"wamid.{uuid.uuid4().hex}",
-                    "message_type": "text", "text": "hola"},
-        **extra,
-    }
-
-
-def webhook(phone_number_id: str = "109876543210") -> dict[str, Any]:
-    """A WhatsApp delivery with one text message and one status."""
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "34600000001", "phone_number_id": phone_number_id},
-            "contacts": [{"profile": {"name": "Ana"}, "wa_id": CONTACT}],
-            "messages": [{"from": CONTACT, "id": "wamid.in1", "timestamp": "1714564800", "type": "text",
-                          "text": {"body": "¿Abrís hoy?"}}],
-            "statuses": [{"id": "wamid.out1", "status": "delivered", "timestamp": "1714564801",
-                          "recipient_id": CONTACT}],
-        }}]}],
-    }
 
 
 def signed(settings: Settings, document: Any) -> dict[str, Any]:

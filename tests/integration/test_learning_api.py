@@ -22,8 +22,9 @@ from streams.auth import issue_token
 from streams.embedded import child_env
 from streams.runtime import Runtime
 from streams.settings import settings_env
-from tests.integration.conftest import eventually, module_runtime
-from tests.unit.test_learning_agents import AGENTS, FakeAgents, Reply
+from tests.fixtures.learning_agents import AGENTS, FakeAgents, Reply
+from tests.fixtures.runtime import module_runtime
+from tests.fixtures.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 INTENT = {"topic": "Machine Learning", "depth": "informed", "end_goal": "Build production ML models",

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.runtime import Runtime
-from tests.integration.conftest import eventually
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

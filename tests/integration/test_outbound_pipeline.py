@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import psycopg
 import pytest
-import tzdata
 import typer
+import tzdata
 from typer.testing import CliRunner
 
 from schemas import Envelope, payload_from_builtins
@@ -27,7 +27,8 @@ from streams.embedded import child_env
 from streams.publisher import Publisher
 from streams.runtime import Runtime
 from streams.settings import Settings, get_settings, settings_env
-from tests.integration.conftest import eventually, module_runtime
+from tests.fixtures.runtime import module_runtime
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -7,22 +7,38 @@ import json
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 import psycopg
 import pytest
 
+from agents.tenants import Tenant
 from schemas import Envelope
 from streams.deadletter import list_dead_letters
-from streams.demo import message_delivery, post_signed, status_delivery
+from streams.domains.conversations.demo import (
+    message_delivery,
+    post_signed,
+    status_delivery,
+)
 from streams.embedded import child_env
 from streams.publisher import Publisher
 from streams.runtime import Runtime
-from streams.settings import Settings, settings_env
-from streams.tenants import Tenant
-from tests.conversation_logs import inbound
-from tests.integration.conftest import eventually, produce_records
+from streams.settings import settings_env
+from tests.fixtures.effects import (
+    Replies,
+    assert_replies_effectively_once,
+    log_identity,
+    logged_sends,
+    started_sends,
+)
+from tests.fixtures.pipeline import (
+    acme_messages,
+    acme_sessions,
+    produce_records,
+    replay_verify,
+)
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +55,6 @@ def replied(api: httpx.Client, contact: str, replies: int = 1):
         sent = [t for t in (found or {}).get("dialogue", []) if t["role"] == "agent" and t["status"] == "sent"]
         return found if len(sent) >= replies else None
     return probe
-
-
-def replay_verify(settings: Settings) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "replay", "--verify"],
-        env=child_env(**settings_env(settings)), capture_output=True, text=True, timeout=300, check=False,
-    )
 
 
 def test_webhook_message_is_routed_answered_and_visible(runtime: Runtime, api: httpx.Client, acme: Tenant) -> None:
@@ -98,42 +107,17 @@ def test_other_tenant_sees_nothing(runtime: Runtime, api: httpx.Client, acme: Te
     assert api.get("/v1/conversations", headers=globex).json()["items"] == []
 
 
-def _messages(contacts: int, per_contact: int, start: datetime) -> list[Envelope]:
-    texts = ["hola, ¿horario?", "¿cuánto cuesta el té matcha?", "no funciona mi cafetera"]
-    return [
-        inbound("acme", f"3462{c:07d}", f"wamid.kill.{c}.{n}", start + timedelta(seconds=n), text=texts[(c + n) % 3])
-        for n in range(per_contact) for c in range(contacts)
-    ]
-
-
-def _sessions(settings: Settings) -> dict[str, tuple[int, int, int, int, int]]:
-    with psycopg.connect(settings.database_url) as conn:
-        rows = conn.execute(
-            "SELECT contact, messages_received, replies_requested, replies_sent, replies_failed,"
-            " jsonb_array_length(dialogue) FROM conversation_sessions WHERE tenant_id = 'acme'"
-        ).fetchall()
-    return {contact: tuple(rest) for contact, *rest in rows}
-
-
 def test_worker_killed_mid_stream_loses_and_duplicates_nothing(runtime: Runtime) -> None:
     contacts, per_contact = 20, 12
-    envelopes = _messages(contacts, per_contact, datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
+    envelopes = acme_messages(contacts, per_contact, datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
 
     async def publish(chunk: list[Envelope]) -> None:
         async with Publisher(runtime.settings) as publisher:
             await publisher.publish(chunk)
 
-    from tests.integration.test_external_effects import (
-        Replies,
-        assert_replies_effectively_once,
-        log_identity,
-        logged_sends,
-        started_sends,
-    )
-
     half = len(envelopes) // 2
     asyncio.run(publish(envelopes[:half]))
-    eventually(lambda: sum(v[0] for v in _sessions(runtime.settings).values()) >= 40, "some messages folded")
+    eventually(lambda: sum(v[0] for v in acme_sessions(runtime.settings).values()) >= 40, "some messages folded")
     runtime.kill("worker", signal.SIGKILL)
     asyncio.run(publish(envelopes[half:]))
     asyncio.run(publish(envelopes[: half // 2]))  # redelivered records
@@ -142,7 +126,7 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(runtime: Runtime)
     runtime.spawn("worker")
 
     def settled():
-        sessions = _sessions(runtime.settings)
+        sessions = acme_sessions(runtime.settings)
         done = len(sessions) == contacts and all(v[2] + v[3] == per_contact for v in sessions.values())
         return sessions if done else None
 
@@ -155,7 +139,7 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(runtime: Runtime)
                 "SELECT q.type, q.partition, q.\"offset\" FROM events q WHERE q.type IN"
                 " ('conversation.routing.requested', 'conversation.reply.requested') AND NOT EXISTS"
                 " (SELECT 1 FROM events a WHERE a.causation_id = q.event_id) ORDER BY 2, 3").fetchall()
-        raise AssertionError(f"{exc}; sessions {_sessions(runtime.settings)}; events {counts};"
+        raise AssertionError(f"{exc}; sessions {acme_sessions(runtime.settings)}; events {counts};"
                              f" requests without outcome {unanswered}") from None
     for contact, (received, requested, sent, failed, turns) in sessions.items():
         assert (received, requested, sent + failed, turns) == (per_contact, per_contact, per_contact, 2 * per_contact), contact

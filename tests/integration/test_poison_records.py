@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from agents.folds.conversations import ConversationState
-from projections.writers.conversations import session_row
+from agents.conversations.fold import ConversationState
+from projections.conversations.readmodels import session_row
 from schemas import Envelope, UnstorableEvent, check_storable, encode, new_event
 from schemas.workflow import SprintCreated
 from streams.auth import issue_token
@@ -19,10 +19,9 @@ from streams.deadletter import list_dead_letters
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
-from tests.conversation_logs import conversation, inbound
-from tests.integration.conftest import eventually, produce_records
-from tests.integration.test_pipeline import replay_verify
-from tests.integration.test_projector import (
+from tests.fixtures.conversation_logs import conversation, inbound
+from tests.fixtures.pipeline import produce_records, replay_verify
+from tests.fixtures.projector import (
     Projector,
     acme_and_globex,
     caught_up,
@@ -33,7 +32,7 @@ from tests.integration.test_projector import (
     query,
     session_rows,
 )
-from tests.integration.test_projector import eventually as eventually_async
+from tests.fixtures.waiting import eventually, eventually_async
 
 pytestmark = pytest.mark.integration
 

@@ -2,148 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Self
+from collections.abc import AsyncIterator
+from datetime import timedelta
 
-import httpx
-import psycopg
 import pytest
-from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI
-from psycopg_pool import AsyncConnectionPool
 
-from agents.batching import Record, fold_batch
-from agents.conversations import conversation_folder
-from agents.folds.conversations import ConversationState, encode_state
-from projections.api.conversations import query_router
-from projections.migrations import apply_migrations
-from projections.projector import BatchReport, run_projector
+from agents.conversations.fold import ConversationState
+from projections.conversations.readmodels import session_row
 from projections.replay import Mismatch, replay
-from projections.writers import write_rows
-from projections.writers.conversations import SESSIONS, session_row
-from schemas import Envelope, encode
-from streams.auth import issue_token
 from streams.deadletter import list_dead_letters
-from streams.publisher import producer_options
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics
-from tests.conversation_logs import conversation
+from tests.fixtures.conversation_logs import conversation
+from tests.fixtures.projector import (
+    NOW,
+    Clients,
+    Produced,
+    Projector,
+    acme_and_globex,
+    caught_up,
+    comparable,
+    fold_like_worker,
+    on_log,
+    produce,
+    query,
+    query_api,
+    session_rows,
+)
+from tests.fixtures.waiting import eventually_async
 
 pytestmark = pytest.mark.integration
-
-NOW = datetime.now(UTC).replace(microsecond=0)
-Produced = list[tuple[str, bytes | None, bytes | None]]
-
-
-def acme_and_globex() -> list[Envelope]:
-    """Four contacts: a rolled-over session, an expired one, an active one, and one of another tenant."""
-    ana, _ = conversation("acme", "34600000001", [
-        (NOW - timedelta(days=3), "info", True),
-        (NOW - timedelta(minutes=10), "commerce", True),
-        (NOW - timedelta(minutes=9), "support", False),
-    ], name="Ana")
-    bo, _ = conversation("acme", "34600000002", [(NOW - timedelta(days=5), "info", True)])
-    cy, _ = conversation("acme", "34600000003", [(NOW - timedelta(minutes=30), "commerce", True)])
-    gl, _ = conversation("globex", "15550000001", [(NOW - timedelta(minutes=5), "support", False)])
-    return [*ana, *bo, *cy, cy[0], *gl]  # cy[0] again: a redelivered webhook
-
-
-def fold_like_worker(
-    settings: Settings, log: list[Envelope], states: dict[str, ConversationState | None]
-) -> tuple[Produced, dict[uuid.UUID, ConversationState]]:
-    """What the worker writes to the sessions changelog for `log`, and the sessions it ends up with."""
-    topic = settings.topic("conversations")
-    records = [Record(topic, 0, i, e.stream_id.encode(), encode(e)) for i, e in enumerate(log)]
-    result = fold_batch(records, states.get, conversation_folder(settings))
-    assert not result.dead
-    changelog = changelog_topic(settings, "sessions")
-    produced: Produced = []
-    sessions: dict[uuid.UUID, ConversationState] = {}
-    for key, state in result.writes:
-        states[key] = state
-        sessions[state.session_id] = state
-        produced.append((changelog, key.encode(), encode_state(state)))
-    return produced, sessions
-
-
-def on_log(settings: Settings, log: list[Envelope]) -> Produced:
-    return [(settings.topic("conversations"), e.stream_id.encode(), encode(e)) for e in log]
-
-
-async def produce(settings: Settings, records: Produced) -> list:
-    """Send records in order (one per batch on the embedded broker); returns their metadata."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **producer_options(settings))
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, key=key, value=value) for topic, key, value in records]
-        return list(await asyncio.gather(*futures))
-    finally:
-        await producer.stop()
-
-
-class Projector:
-    """run_projector as a task for the duration of a with block."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.stop = asyncio.Event()
-        self.reports: list[BatchReport] = []
-
-    async def __aenter__(self) -> Self:
-        self.task = asyncio.create_task(run_projector(self.settings, self.stop, self.reports.append))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 15)
-
-    @property
-    def records(self) -> int:
-        return sum(report.records for report in self.reports)
-
-
-async def eventually(probe: Callable[[], Awaitable[object]], what: str, within_s: float = 30.0) -> None:
-    deadline = time.monotonic() + within_s
-    last = None
-    while time.monotonic() < deadline:
-        if last := await probe():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {within_s:.0f} s (last probe: {last!r})")
-
-
-async def query(settings: Settings, statement: str, params: tuple = ()) -> list[tuple]:
-    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
-        cur = await conn.execute(statement, params)
-        return await cur.fetchall() if cur.description else []
-
-
-async def caught_up(settings: Settings, produced: Produced) -> bool:
-    """True once the stored offsets cover every record produced, per topic."""
-    expected: dict[str, int] = {}
-    for topic, _, _ in produced:
-        expected[topic] = expected.get(topic, 0) + 1
-    try:
-        rows = await query(settings, "SELECT topic, sum(next_offset) FROM projector_offsets GROUP BY topic")
-    except psycopg.errors.UndefinedTable:
-        return False
-    return {topic: int(total) for topic, total in rows} == expected
-
-
-def comparable(row: tuple) -> tuple:
-    return tuple(json.loads(v) if kind == "jsonb" else v for v, (_, kind) in zip(row, SESSIONS.columns, strict=True))
-
-
-async def session_rows(settings: Settings) -> dict[uuid.UUID, tuple]:
-    names = ", ".join(name for name, _ in SESSIONS.columns)
-    rows = await query(settings, f"SELECT {names} FROM conversation_sessions")
-    return {row[0]: tuple(row) for row in rows}
 
 
 async def test_projector_archives_once_upserts_sessions_and_resumes_from_stored_offsets(settings: Settings):
@@ -156,7 +44,7 @@ async def test_projector_archives_once_upserts_sessions_and_resumes_from_stored_
     unique = {e.event_id for e in log}
 
     async with Projector(settings) as first:
-        await eventually(lambda: caught_up(settings, produced), "projection of the first log")
+        await eventually_async(lambda: caught_up(settings, produced), "projection of the first log")
     assert first.records == len(produced)
 
     counts = await query(settings, "SELECT count(*), count(DISTINCT event_id) FROM events")
@@ -176,7 +64,7 @@ async def test_projector_archives_once_upserts_sessions_and_resumes_from_stored_
     await produce(settings, more_produced)
 
     async with Projector(settings) as second:
-        await eventually(lambda: caught_up(settings, produced + more_produced), "projection after restart")
+        await eventually_async(lambda: caught_up(settings, produced + more_produced), "projection after restart")
     assert second.records == len(more_produced)  # nothing before the stored offsets is read again
     assert await query(settings, "SELECT count(*) FROM events") == [(len(unique) + len(more),)]
     rows = await session_rows(settings)
@@ -201,7 +89,7 @@ async def test_undecodable_records_are_dead_lettered_and_projection_continues(se
     metadata = await produce(settings, produced)
 
     async with Projector(settings) as projector:
-        await eventually(lambda: caught_up(settings, produced), "projection past the bad records")
+        await eventually_async(lambda: caught_up(settings, produced), "projection past the bad records")
     assert sum(report.dead_letters for report in projector.reports) == 2
     assert await query(settings, "SELECT count(*) FROM events") == [(len({e.event_id for e in log}),)]
     assert await query(settings, "SELECT count(*) FROM conversation_sessions") == [(1,)]
@@ -214,37 +102,6 @@ async def test_undecodable_records_are_dead_lettered_and_projection_continues(se
     assert envelope_letter.raw_value() == garbage and envelope_letter.value_encoding == "base64"
     assert envelope_letter.raw_key() == b"conversation:acme:34600000009"
     assert state_letter.reason.startswith("decode conversations state:") and state_letter.raw_value() == bad_state
-
-
-Clients = Callable[[str | None], httpx.AsyncClient]
-
-
-@asynccontextmanager
-async def query_api(settings: Settings, log: list[Envelope]) -> AsyncIterator[Clients]:
-    """Query API clients per tenant (None: no token) over the read models of `log`, folded as the worker folds it."""
-    _, sessions = fold_like_worker(settings, log, {})
-    await apply_migrations(settings.database_url)
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn, conn.transaction(), \
-            conn.cursor() as cur:
-        await write_rows(cur, SESSIONS, [session_row(s) for s in sessions.values()])
-    app = FastAPI()
-    app.include_router(query_router())
-    app.state.settings = settings
-    async with AsyncConnectionPool(settings.database_url, min_size=1, max_size=2, open=False) as pool:
-        app.state.pool = pool
-        clients: list[httpx.AsyncClient] = []
-
-        def for_tenant(tenant: str | None) -> httpx.AsyncClient:
-            headers = {"Authorization": f"Bearer {issue_token(settings, tenant)}"} if tenant else {}
-            clients.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://baton",
-                                             headers=headers))
-            return clients[-1]
-
-        try:
-            yield for_tenant
-        finally:
-            for c in clients:
-                await c.aclose()
 
 
 @pytest.fixture
@@ -323,7 +180,7 @@ async def test_replay_verify_is_clean_after_projection_and_reports_corruption(se
     domain.insert(3, (settings.topic("conversations"), b"conversation:acme:x", b"garbage"))
     await produce(settings, domain + changelog)
     async with Projector(settings):
-        await eventually(lambda: caught_up(settings, domain + changelog), "projection")
+        await eventually_async(lambda: caught_up(settings, domain + changelog), "projection")
 
     seen: list[tuple[int, int]] = []
     report = await replay(settings, verify=True, progress=lambda done, total: seen.append((done, total)))

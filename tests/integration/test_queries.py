@@ -15,28 +15,28 @@ from psycopg import sql
 from rich.console import Console
 from typer.testing import CliRunner
 
-from agents.folds.conversations import ConversationState
+from agents.conversations.fold import ConversationState
+from agents.tenants import load_tenants
+from projections.conversations.readmodels import SESSIONS
 from projections.replay import Mismatch, ReplayReport, replay
-from projections.writers.conversations import SESSIONS
 from schemas import Envelope
 from streams.cli import cli
 from streams.deadletter import dead_letter_record, list_dead_letters
+from streams.domains.conversations.webhook import normalize
 from streams.settings import Settings, get_settings
-from streams.tenants import load_tenants
 from streams.topics import ensure_topics
-from streams.whatsapp import normalize
-from tests.conversation_logs import conversation
-from tests.integration.test_projector import (
+from tests.fixtures.conversation_logs import conversation
+from tests.fixtures.projector import (
     Projector,
     acme_and_globex,
     caught_up,
-    eventually,
     fold_like_worker,
     on_log,
     produce,
     query,
     query_api,
 )
+from tests.fixtures.waiting import eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -188,7 +188,7 @@ async def project(settings: Settings, log: list[Envelope], states: dict[str, Con
     produced = [*on_log(settings, log), *changelog]
     await produce(settings, produced)
     async with Projector(settings):
-        await eventually(lambda: caught_up(settings, produced), "projection")
+        await eventually_async(lambda: caught_up(settings, produced), "projection")
     return produced
 
 
@@ -252,7 +252,7 @@ async def test_replay_verify_reports_live_lag_while_the_projector_is_behind(sett
 
     # Once it catches up the same log verifies clean: the mismatches were lag.
     async with Projector(settings):
-        await eventually(lambda: caught_up(settings, produced + behind), "projection after the lag")
+        await eventually_async(lambda: caught_up(settings, produced + behind), "projection after the lag")
     report = await replay(settings, verify=True)
     assert (report.clean, report.live_lag) == (True, 0)
     assert "mismatches may only be lag" not in rendered(report)

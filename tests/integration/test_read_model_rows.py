@@ -10,14 +10,14 @@ import pytest
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
-from agents.folds.conversations import ConversationState, fold
-from projections.migrations import apply_migrations
+from agents.conversations.fold import ConversationState, fold
+from projections import archive as event_writer
 
 # The writers' module layout, in one place.
-from projections.writers import conversations as session_writer
-from projections.writers import events as event_writer
-from projections.writers import write_rows
-from tests.conversation_logs import conversation, inbound
+from projections.conversations import readmodels as session_writer
+from projections.migrations import apply_migrations
+from projections.readmodel import write_rows
+from tests.fixtures.conversation_logs import conversation, inbound
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SESSIONS = session_writer.SESSIONS

@@ -15,8 +15,9 @@ from streams.deadletter import dead_letter_record
 from streams.embedded import child_env
 from streams.runtime import Runtime
 from streams.settings import settings_env
-from tests.conversation_logs import inbound
-from tests.integration.conftest import eventually, produce_records
+from tests.fixtures.conversation_logs import inbound
+from tests.fixtures.pipeline import produce_records
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -2,99 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import psutil
 import pytest
 
 from streams.embedded import EmbeddedBroker, child_env
 from streams.settings import Settings, settings_env
-from tests.integration.conftest import eventually
+from tests.fixtures.runtime import Dev, alive, running_dev
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 STOP_BOUND_S = 10  # SIGTERM or Ctrl-C stops everything within this
-SERVICES = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "BATON_KAFKA_BOOTSTRAP_SERVERS", "BATON_DATABASE_URL")
-
-
-def alive(pid: int) -> bool:
-    """True while the process runs (a zombie waiting to be reaped has stopped running)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-@dataclass
-class Dev:
-    """A running `baton dev` and where it reports."""
-
-    process: subprocess.Popen
-    data_dir: Path
-    console: Path
-    env: dict[str, str]
-
-    def output(self) -> str:
-        return self.console.read_text(errors="replace")
-
-    def pids(self) -> dict[str, int]:
-        path = self.data_dir / "pids.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def children(self) -> dict[str, int]:
-        return {name: pid for name, pid in self.pids().items() if name != "supervisor"}
-
-    def api_url(self) -> str:
-        port = json.loads((self.data_dir / "runtime.json").read_text())["BATON_API_PORT"]
-        return f"http://127.0.0.1:{port}"
-
-    def healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.api_url()}/healthz", timeout=2).status_code == 200
-        except (httpx.HTTPError, OSError):
-            return False
-
-
-@contextmanager
-def running_dev(tmp_path: Path, broker: str = "embedded", **env_overrides: str) -> Iterator[Dev]:
-    """`baton dev --broker B` with its own broker and embedded PostgreSQL, as a user runs it (plus env_overrides);
-    a second call on the same tmp_path runs it again on the same data directory."""
-    data_dir = tmp_path / "baton"
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(app_id=f"baton-dev-{run}", topic_prefix=f"dev-{run}.", topic_partitions=2, data_dir=data_dir)
-    env = child_env(**{**settings_env(settings), "COLUMNS": "200", **env_overrides})  # BATON_DATA_DIR: data_dir
-    for name in SERVICES:  # no configured services: `baton dev` starts its own
-        env.pop(name, None)
-    console = tmp_path / "dev.out"
-    with console.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "streams.cli", "dev", "--port", "0", "--broker", broker],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    running = Dev(process, data_dir, console, env)
-    try:
-        eventually(lambda: process.poll() is not None or "Press Ctrl-C to stop." in running.output(),
-                   "baton dev started", within_s=120)
-        assert process.poll() is None, running.output()
-        broker_process = "kafka-1" if broker == "kafka" else "broker"
-        assert {broker_process, "postgres", "worker", "projector", "api"} <= set(running.children()), running.pids()
-        yield running
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid in running.children().values():  # only if the test failed before checking they died
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from schemas import Envelope
 from streams.publisher import Publisher
 from streams.runtime import Runtime
 from streams.settings import Settings
-from tests.integration.conftest import eventually
-from tests.integration.test_pipeline import _messages, _sessions, replay_verify
+from tests.fixtures.pipeline import acme_messages, acme_sessions, replay_verify
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def assigned(runtime: Runtime, role: str) -> set[int] | None:
 
 def test_two_workers_split_partitions_and_the_survivor_takes_over(settings: Settings) -> None:
     contacts, per_contact = 20, 12
-    envelopes = _messages(contacts, per_contact, datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
+    envelopes = acme_messages(contacts, per_contact, datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
     four = settings.model_copy(update={"topic_partitions": PARTITIONS, "api_port": 0})
 
     async def publish(chunk: list[Envelope]) -> None:
@@ -56,13 +56,13 @@ def test_two_workers_split_partitions_and_the_survivor_takes_over(settings: Sett
 
         half = len(envelopes) // 2
         asyncio.run(publish(envelopes[:half]))
-        eventually(lambda: sum(v[0] for v in _sessions(runtime.settings).values()) >= 40, "some messages folded")
+        eventually(lambda: sum(v[0] for v in acme_sessions(runtime.settings).values()) >= 40, "some messages folded")
         runtime.kill("worker-1", signal.SIGKILL)
         asyncio.run(publish(envelopes[half:]))
         asyncio.run(publish(envelopes[: half // 2]))  # redelivered records
 
         def settled():
-            sessions = _sessions(runtime.settings)
+            sessions = acme_sessions(runtime.settings)
             done = len(sessions) == contacts and all(v[2] + v[3] == per_contact for v in sessions.values())
             return sessions if done else None
 

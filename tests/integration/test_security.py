@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from streams.domains.conversations.webhook import sign
 from streams.settings import DEV_WHATSAPP_APP_SECRET, Settings
-from streams.whatsapp import sign
-from tests.integration.test_ingest import bearer, event, hand_wired, log_size, webhook
+from tests.fixtures.ingest import bearer, event, hand_wired, log_size, webhook
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from streams.auth import issue_token
 from streams.embedded import child_env
 from streams.runtime import Runtime
 from streams.settings import settings_env
-from tests.integration.conftest import eventually
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,9 @@ from streams.auth import issue_token
 from streams.embedded import child_env
 from streams.runtime import Runtime
 from streams.settings import settings_env
-from tests.fake_anthropic import FakeAnthropic, count_tokens, error_body
-from tests.integration.conftest import eventually, module_runtime
+from tests.fixtures.anthropic import FakeAnthropic, count_tokens, error_body
+from tests.fixtures.runtime import module_runtime
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 CONTEXT = "Support handbook. " + " ".join(f"Rule {i}: be brief and cite the order id." for i in range(500))

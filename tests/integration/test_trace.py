@@ -12,7 +12,7 @@ import pytest
 from streams.embedded import child_env
 from streams.runtime import Runtime
 from streams.settings import settings_env
-from tests.integration.conftest import eventually
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,12 @@ import typer
 from typer.testing import CliRunner
 
 from streams.auth import issue_token
+from streams.domains.workflow.cli import add_commands
 from streams.embedded import child_env
 from streams.runtime import Runtime
 from streams.settings import settings_env
-from streams.workflow import add_commands
-from tests.integration.conftest import eventually, module_runtime
+from tests.fixtures.runtime import module_runtime
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 HASH = "b" * 64

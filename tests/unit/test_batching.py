@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from agents.batching import Record, fold_batch
-from agents.conversations import conversation_folder
-from agents.folds.conversations import ConversationState
+from agents.conversations.config import conversation_folder
+from agents.conversations.fold import ConversationState
 from schemas import Envelope, encode
 from schemas.conversations import conversation_stream_id
 from streams.settings import Settings
-from tests.conversation_logs import inbound
+from tests.fixtures.conversation_logs import inbound
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 

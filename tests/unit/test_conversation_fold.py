@@ -11,15 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from agents.folds.conversations import (
+from agents.batching import APPLIED_IDS_KEPT, Folder
+from agents.conversations.fold import (
+    CODEC,
     ConversationState,
     FoldConfig,
     FoldError,
     PendingStatus,
-    decode_state,
-    encode_state,
-    fold,
+    count_duplicate,
 )
+from agents.conversations.fold import fold as conversation_fold
 from schemas import Envelope, derived_event_id, emitted, source_event_id
 from schemas.conversations import (
     Location,
@@ -67,11 +68,19 @@ def status(wamid: str, value: str, at: datetime) -> Envelope:
     return envelope(payload, at, source_event_id(TENANT, "whatsapp-status", f"{wamid}:{value}"))
 
 
-def run(events: list[Envelope], config: FoldConfig = CONFIG, state: ConversationState | None = None):
+def fold(state: ConversationState | None, event: Envelope, config: FoldConfig = CONFIG,
+         applied_ids_kept: int = APPLIED_IDS_KEPT) -> tuple[ConversationState | None, list[Envelope]]:
+    """The conversation fold as the spine applies it: each event once, a message delivered again counted."""
+    folder = Folder(conversation_fold, config, on_duplicate=count_duplicate, applied_ids_kept=applied_ids_kept)
+    return folder.apply(state, event)
+
+
+def run(events: list[Envelope], config: FoldConfig = CONFIG, state: ConversationState | None = None,
+        applied_ids_kept: int = APPLIED_IDS_KEPT):
     """Fold a log in order; returns the final state and everything emitted."""
     out: list[Envelope] = []
     for event in events:
-        state, new = fold(state, event, config)
+        state, new = fold(state, event, config, applied_ids_kept)
         out.extend(new)
     return state, out
 
@@ -332,11 +341,10 @@ def test_pending_statuses_are_bounded_dropping_the_oldest():
 
 
 def test_a_pending_status_redelivered_beyond_the_dedupe_window_is_held_once():
-    config = FoldConfig(max_applied_ids=1)
     state, _ = answered()
     early = status("wamid.out", "read", T0 + timedelta(seconds=1))
     other = status("wamid.other", "read", T0 + timedelta(seconds=2))
-    state, _ = run([early, other, early], config, state)  # `other` pushed `early` out of the applied ids
+    state, _ = run([early, other, early], CONFIG, state, applied_ids_kept=1)  # `other` pushed `early` out of the applied ids
     assert [(p.whatsapp_message_id, p.status) for p in state.pending_statuses] == [
         ("wamid.out", "read"), ("wamid.other", "read")]
 
@@ -354,9 +362,9 @@ def test_pending_statuses_do_not_survive_a_session_rollover():
 
 def test_a_state_stored_before_pending_statuses_existed_still_decodes():
     state, _ = answered()
-    document = msgspec.json.decode(encode_state(state))
+    document = msgspec.json.decode(CODEC.encode(state))
     del document["pending_statuses"]
-    old = decode_state(msgspec.json.encode(document))
+    old = CODEC.decode(msgspec.json.encode(document))
     assert old == state and old.pending_statuses == []
 
 
@@ -378,9 +386,9 @@ def test_events_of_an_older_session_do_not_touch_the_current_one():
 
 
 def test_dialogue_and_memories_are_bounded_dropping_the_oldest():
-    config = FoldConfig(max_dialogue_turns=5, max_applied_ids=8, max_seen_message_ids=4)
+    config = FoldConfig(max_dialogue_turns=5, max_seen_message_ids=4)
     messages = [received(f"wamid.{i}", T0 + timedelta(minutes=i), f"mensaje {i}") for i in range(12)]
-    state, _ = run(messages, config)
+    state, _ = run(messages, config, applied_ids_kept=8)
     assert [t.text for t in state.dialogue] == [f"mensaje {i}" for i in range(7, 12)]
     assert [t.seq for t in state.dialogue] == [8, 9, 10, 11, 12]
     assert state.messages_received == 12
@@ -390,11 +398,11 @@ def test_dialogue_and_memories_are_bounded_dropping_the_oldest():
 
 def test_fold_does_not_mutate_its_input_state():
     state, out = fold(None, received("wamid.1", T0), CONFIG)
-    snapshot = encode_state(state)
+    snapshot = CODEC.encode(state)
     cycle = reply_cycle(out[1], "support", T0)
     run([*cycle, sent(cycle[-1], "wamid.out", T0), status("wamid.out", "read", T0),
          received("wamid.1", T0), received("wamid.2", T0 + timedelta(days=3))], state=state)
-    assert encode_state(state) == snapshot
+    assert CODEC.encode(state) == snapshot
 
 
 def test_non_conversation_event_raises_fold_error():
@@ -485,7 +493,10 @@ def test_replay_with_duplicates_gives_the_same_state(plans, picks):
     noisy_log = with_duplicates(log, picks)
     noisy, noisy_out = run(noisy_log, config)
     assert noisy_out == clean_out
-    assert replace(noisy, duplicates_dropped=0) == replace(clean, duplicates_dropped=0)
+    # The spine also remembers the ids of copies redelivered under a new id; everything else is the same.
+    assert set(clean.applied_event_ids) <= set(noisy.applied_event_ids)
+    assert replace(noisy, duplicates_dropped=0, applied_event_ids=[]) == replace(clean, duplicates_dropped=0,
+                                                                                 applied_event_ids=[])
     # Every copy of an inbound message is a counted duplicate (the memories are far larger than the log), copies
     # of other events are skipped uncounted, and the count is per session: the copies after the last session's
     # first message are exactly the inbound messages there that the clean log does not have.
@@ -514,5 +525,5 @@ def test_statuses_overtaking_their_reply_sent_give_the_same_state(plans):
 def test_state_survives_the_table_codec():
     plans = [(timedelta(seconds=5), "text", "support", "sent", ["delivered", "read"], False)] * 3
     state, _ = run(live_log(plans, CONFIG))
-    decoded = msgspec.json.decode(encode_state(state), type=ConversationState)
+    decoded = msgspec.json.decode(CODEC.encode(state), type=ConversationState)
     assert decoded == state

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agents.folds.conversations import ConversationState, FoldConfig, fold
+from agents.conversations.fold import ConversationState, FoldConfig, fold
 from schemas import Envelope
-from tests.conversation_logs import inbound
+from tests.fixtures.conversation_logs import inbound
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 CONFIG = FoldConfig()

@@ -16,14 +16,14 @@ import pytest
 
 from agents import streaming
 from agents.batching import Folder, Record, fold_batch
-from agents.conversations import conversation_folder
-from agents.folds.conversations import fold
+from agents.conversations.config import conversation_folder
+from agents.conversations.fold import fold
 from schemas import Envelope, decode, encode
 from streams.app import create_app
 from streams.deadletter import DeadLetter, parse_dead_letter
 from streams.domains.conversations import DOMAIN
 from streams.settings import Settings
-from tests.conversation_logs import answers, inbound
+from tests.fixtures.conversation_logs import answers, inbound
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SETTINGS = Settings(topic_partitions=1)  # every key belongs on partition 0: nothing is re-routed

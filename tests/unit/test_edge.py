@@ -19,13 +19,19 @@ import structlog
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from projections.api.learning import learning_router
+from projections.learning.routes import learning_router
 from streams.auth import AgentOrCallerDep, CallerDep, issue_token
-from streams.edge import MAX_JSON_DEPTH, MAX_NUMBER_CHARS, bounded, check_json, configure_bounded_logging
+from streams.domains.conversations.webhook import sign
+from streams.edge import (
+    MAX_JSON_DEPTH,
+    MAX_NUMBER_CHARS,
+    bounded,
+    check_json,
+    configure_bounded_logging,
+)
 from streams.publisher import EventTooLarge
 from streams.server import create_api
 from streams.settings import Settings
-from streams.whatsapp import sign
 
 LIMIT = 256 * 1024
 INTENT = {"topic": "Machine Learning", "depth": "informed", "time_per_day_min": 60}

@@ -5,14 +5,24 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agents.classifier import Classification, ClassifierError
-from agents.effects import EFFECT_TYPES, UNKNOWN_TENANT_REPLY, Effects
-from agents.folds.conversations import FoldConfig, fold
-from agents.responders import ticket_id_for
-from agents.senders import LogSender, SendError
+import pytest
+from pydantic import SecretStr
+
+from agents.conversations.effects import EFFECT_TYPES, UNKNOWN_TENANT_REPLY, Effects
+from agents.conversations.fold import FoldConfig, count_duplicate
+from agents.conversations.fold import fold as conversation_fold
+from agents.conversations.responders import ticket_id_for
+from agents.conversations.routing import LaneChoice, LaneModel, RoutingError
+from agents.conversations.senders import LogSender, SendError
+from agents.llm import Completion, LlmClient, Usage
+from agents.tenants import load_tenants
 from schemas import Envelope, derived_event_id, source_event_id
 from schemas.conversations import MessageReceived, conversation_stream_id
-from streams.tenants import load_tenants
+from streams.settings import Settings
+from tests.fixtures.anthropic import FakeAnthropic
+from tests.fixtures.folds import applied_once
+
+fold = applied_once(conversation_fold, on_duplicate=count_duplicate)
 
 TENANTS = load_tenants(Path(__file__).resolve().parents[2] / "examples" / "tenants.toml")
 CONTACT = "34600111222"
@@ -38,16 +48,21 @@ def routing_request(text: str, tenant: str = "acme") -> tuple[Envelope, Envelope
 
 
 class FailingClassifier:
-    async def classify(self, text: str) -> Classification:
-        raise ClassifierError("anthropic 529: Overloaded")
+    model = "claude-haiku-4-5"
+
+    async def classify(self, text: str) -> LaneChoice:
+        raise RoutingError("anthropic 529: Overloaded")
 
 
 class FixedClassifier:
+    model = "claude-haiku-4-5"
+
     def __init__(self, lane: str) -> None:
         self.lane = lane
 
-    async def classify(self, text: str) -> Classification:
-        return Classification(self.lane, "claude-haiku-4-5-20251001", 130, 1, 0.000135)
+    async def classify(self, text: str) -> LaneChoice:
+        return LaneChoice(self.lane, Completion(text=self.lane, model="claude-haiku-4-5-20251001", cost_usd=0.000135,
+                                                latency_ms=40.0, usage=Usage(input_tokens=130, output_tokens=1)))
 
 
 class RefusingSender:
@@ -100,6 +115,25 @@ async def test_classifier_lane_and_cost_are_recorded():
         "conversations", "claude-haiku-4-5-20251001", 130, 1, 0.000135, None)
     assert cost.event_id == derived_event_id(request.event_id, 3)
     assert reply.payload.text == "Té verde matcha 100 g: 12,00 EUR, disponible (7 en stock)."
+
+
+async def test_routing_through_the_shared_client_records_answered_and_unparseable_calls():
+    _, request = routing_request("me gustaría saber si os queda matcha")
+    for answer in ("commerce", "maybe"):
+        with FakeAnthropic(reply=answer, model="claude-haiku-4-5-20251001") as fake:
+            client = LlmClient(Settings(anthropic_api_key=SecretStr("sk-test"), anthropic_base_url=fake.base_url))
+            routed, _reply, cost = await effects(LaneModel(client, "claude-haiku-4-5", 5.0)).run(request)
+            await client.aclose()
+        c = cost.payload
+        # Priced by the one price table (a dated id takes its prefix's price), whether the answer was usable or not.
+        assert c.input_tokens > 0 and c.cost_usd == pytest.approx((c.input_tokens * 1.0 + c.output_tokens * 5.0) / 1e6)
+        assert (c.model, c.purpose, c.domain) == ("claude-haiku-4-5-20251001", "routing", "conversations")
+        if answer == "commerce":
+            assert (routed.payload.method, routed.payload.lane, c.error) == ("llm", "commerce", None)
+            assert routed.payload.cost_usd == c.cost_usd and routed.payload.input_tokens == c.input_tokens
+        else:
+            assert (routed.payload.method, routed.payload.lane) == ("rules", "info")
+            assert c.error == routed.payload.fallback_reason == "unparseable routing answer 'maybe'"
 
 
 async def test_support_lane_opens_a_ticket_and_acknowledges_it():

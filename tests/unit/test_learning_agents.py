@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 import pytest
 
-from agents.learning import LearningSettings, SignalsEffect
+from agents.learning.config import LearningSettings, SignalsEffect
 from schemas import Envelope, new_event
+from schemas.costs import LlmCallRecorded
 from schemas.learning import (
     CachedSignal,
     DayPlanned,
@@ -25,109 +22,9 @@ from schemas.learning import (
     SignalsRequested,
     planned_event_id,
 )
-from schemas.costs import LlmCallRecorded
 from streams.settings import Settings
-from tests.fake_anthropic import FakeAnthropic
-
-AGENTS = ("clo", "alex", "ta", "socratic")
-ADVICE = {
-    "clo": {"focus": "Neural Network Fundamentals", "objectives": ["Review basics", "Implement a simple NN"]},
-    "alex": {"advice": "Deep dive into neural network architecture"},
-    "ta": {"exercises": ["Test with data"]},
-    "socratic": {"questions": [{"text": "Why does backprop need the chain rule?"}]},
-}
-
-
-@dataclass
-class Reply:
-    """One scripted answer of a fake agent."""
-
-    status: int = 200
-    body: dict[str, Any] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-
-
-class FakeAgents:
-    """One local HTTP server playing every agent at /<name>: ETags, 304s, and scripted answers per agent."""
-
-    def __init__(self) -> None:
-        self.data = {name: dict(ADVICE[name]) for name in AGENTS}
-        self.scripts: dict[str, list[Reply]] = {name: [] for name in AGENTS}
-        self.requests: list[dict[str, Any]] = []
-        self.in_flight = 0
-        self.most_in_flight = 0
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-                agent = self.path.strip("/")
-                reply = fake.answer(agent, dict(self.headers), body)
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
-                with fake._lock:
-                    fake.in_flight -= 1
-                data = b"" if reply.body is None else json.dumps(reply.body).encode()
-                try:
-                    self.send_response(reply.status)
-                    for name, value in {"content-type": "application/json", **reply.headers}.items():
-                        self.send_header(name, value)
-                    self.send_header("content-length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass  # the caller gave up (timeout)
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def url(self, agent: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/{agent}"
-
-    @property
-    def env(self) -> str:
-        """The BATON_LEARNING_AGENTS value naming these agents."""
-        return ",".join(f"{name}={self.url(name)}" for name in AGENTS)
-
-    def etag(self, agent: str) -> str:
-        return f'"{agent}-{abs(hash(json.dumps(self.data[agent], sort_keys=True))) % 10**8}"'
-
-    def push(self, agent: str, *replies: Reply) -> None:
-        with self._lock:
-            self.scripts[agent].extend(replies)
-
-    def calls(self, agent: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [r for r in self.requests if r["agent"] == agent]
-
-    def answer(self, agent: str, headers: dict[str, str], body: dict[str, Any]) -> Reply:
-        with self._lock:
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-            self.requests.append({"agent": agent, "headers": {k.lower(): v for k, v in headers.items()}, "body": body,
-                                  "at": time.monotonic()})
-            if self.scripts.get(agent):
-                return self.scripts[agent].pop(0)
-        if agent not in self.data:
-            return Reply(404, {"ok": False, "error": "no such agent", "code": "not_found"})
-        etag = self.etag(agent)
-        if headers.get("If-None-Match") == etag:
-            return Reply(304, None, {"ETag": etag})
-        return Reply(200, {"ok": True, "data": self.data[agent]}, {"ETag": etag})
-
-    def __enter__(self) -> FakeAgents:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+from tests.fixtures.anthropic import FakeAnthropic
+from tests.fixtures.learning_agents import ADVICE, AGENTS, FakeAgents, Reply
 
 
 @pytest.fixture

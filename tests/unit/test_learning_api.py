@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
-from projections.api.learning import LearningRoute, learning_router
+from projections.learning.routes import LearningRoute, learning_router
 from schemas.learning import IntentSynced
 from streams.auth import issue_token
 from streams.publisher import PublishError

@@ -6,18 +6,17 @@ import json
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
-from agents.folds.learning import (
+from agents.learning.fold import (
+    CODEC,
     FoldConfig,
     LearnerState,
     current_streak,
-    decode_state,
-    encode_state,
     fold,
     next_day_hint,
     next_run_at,
 )
-from projections.views.learning import status_of
-from projections.writers.learning import learner_row
+from projections.learning.readmodels import learner_row
+from projections.learning.views import status_of
 from schemas import Envelope, emitted, new_event
 from schemas.learning import (
     DayCompleted,
@@ -165,7 +164,7 @@ def test_replaying_an_event_changes_nothing_and_the_state_round_trips():
     synced = event(intent())
     state, _ = apply(None, synced)
     assert apply(state, synced) == (state, [])
-    assert decode_state(encode_state(state)) == state
+    assert CODEC.decode(CODEC.encode(state)) == state
 
 
 def test_completions_count_once_per_session_and_keep_only_recent_sessions():

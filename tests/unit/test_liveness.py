@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from streams.liveness import Heartbeat, LivenessSettings, check, check_file, main, role_of, running_role
+from streams.liveness import (
+    Heartbeat,
+    LivenessSettings,
+    check,
+    check_file,
+    main,
+    role_of,
+    running_role,
+)
 
 
 class Clock:

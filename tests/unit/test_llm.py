@@ -8,14 +8,25 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
-from agents.folds.costs import fold
-from agents.llm import Completion, LlmClient, LlmError, Usage, cost_event, cost_usd, llm_client
-from projections.writers.costs import cost_rows
+from agents.costs.fold import fold as costs_fold
+from agents.llm import (
+    Completion,
+    LlmClient,
+    LlmError,
+    Usage,
+    cost_event,
+    cost_usd,
+    llm_client,
+)
+from projections.costs.readmodels import cost_rows
 from schemas import new_event
-from schemas.costs import LlmCallRecorded
 from schemas.conversations import MessageReceived
+from schemas.costs import LlmCallRecorded
 from streams.settings import ModelPrice, Settings
-from tests.fake_anthropic import FakeAnthropic, error_body
+from tests.fixtures.anthropic import FakeAnthropic, error_body
+from tests.fixtures.folds import applied_once
+
+fold = applied_once(costs_fold)
 
 AT = datetime(2026, 12, 1, 23, 59, tzinfo=UTC)
 

@@ -15,12 +15,12 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
-from projections.views.trace import _hops
+from projections.trace.views import _hops
 from streams import metrics
 from streams.settings import Settings
 from streams.status import Status, role_health
 from streams.worker import committed_lag
-from tests.unit.test_supervisor import Clock, FakeRuntime
+from tests.fixtures.supervisor import Clock, FakeRuntime
 
 DOMAIN, CHANGELOG = "baton.conversations", "baton-conversations-changelog"
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from agents.folds import conversations, outbound
-from projections.writers.conversations import SESSIONS
+from agents.conversations import fold as conversations
+from agents.outbound import fold as outbound
+from projections.conversations.readmodels import SESSIONS
 from schemas import Envelope, new_event
 from schemas.conversations import ContactLinked, ContactUnlinked
 from schemas.outbound import MessageData, MessageQueued, UserActive
-from tests.conversation_logs import inbound
+from tests.fixtures.conversation_logs import inbound
 
 AT = datetime(2026, 6, 1, 23, 0, tzinfo=UTC)
 

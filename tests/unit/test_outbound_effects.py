@@ -10,17 +10,29 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from agents.folds.outbound import OutboundConfig
+from agents.conversations.senders import SendError, SendOutcomeUnknown
 from agents.llm import LlmClient
-from agents.outbound import OutboundEffects, OutboundSettings, due_ticks, render_template, simulate
-from agents.senders import SendError, SendOutcomeUnknown
+from agents.outbound.config import (
+    OutboundEffects,
+    OutboundSettings,
+    due_ticks,
+    render_template,
+    simulate,
+)
+from agents.outbound.fold import OutboundConfig
+from agents.tenants import load_tenants
 from schemas import Envelope, decode, encode, new_event
-from schemas.outbound import MessageData, MessageQueued, PreferencesUpdated, QuietHours, SendRequested
+from schemas.outbound import (
+    MessageData,
+    MessageQueued,
+    PreferencesUpdated,
+    QuietHours,
+    SendRequested,
+)
 from streams.auth import issue_token
-from streams.outbound import outbound_router, queue_message
+from streams.domains.outbound.commands import outbound_router, queue_message
 from streams.settings import Settings
-from streams.tenants import load_tenants
-from tests.fake_anthropic import FakeAnthropic, error_body
+from tests.fixtures.anthropic import FakeAnthropic, error_body
 
 NOW = datetime(2026, 6, 2, 8, 0, tzinfo=UTC)
 QUEUED = datetime(2026, 6, 1, 23, 0, tzinfo=UTC)
@@ -152,7 +164,7 @@ def test_templates_per_type() -> None:
 def test_due_wakeups_become_ticks_with_ids_from_user_and_due_time() -> None:
     import msgspec
 
-    from agents.outbound import _Wakeup
+    from agents.outbound.config import _Wakeup
 
     due = NOW - timedelta(seconds=1)
     rows = [(b"outbound:acme:u1", msgspec.json.encode(_Wakeup("acme", "u1", due))),
@@ -251,7 +263,7 @@ async def test_queue_message_helper_publishes_one_event() -> None:
 
 def test_simulate_refolds_under_another_policy_with_its_own_wakeups() -> None:
     """The log as the live fold wrote it (limit 1), re-folded with a limit of 3 and quiet hours from 23:30."""
-    from agents.folds.outbound import fold
+    from agents.outbound.fold import fold
 
     config = OutboundConfig()
     log: list[Envelope] = []
@@ -280,7 +292,7 @@ def test_simulate_refolds_under_another_policy_with_its_own_wakeups() -> None:
 
 
 def test_simulate_releases_at_the_simulated_wakeups_up_to_the_horizon() -> None:
-    from agents.folds.outbound import fold
+    from agents.outbound.fold import fold
 
     envelope = new_event("acme", MessageQueued(user_id="u1", agent_id="a", message_data=MessageData(type="text")),
                          event_id=uuid.uuid4(), occurred_at=datetime(2026, 6, 1, 23, tzinfo=UTC),

@@ -9,17 +9,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.folds.outbound import (
+from agents.outbound.fold import (
+    CODEC,
     FoldError,
     OutboundConfig,
     OutboundState,
-    decode_state,
-    encode_state,
     fold,
     local_instant,
     quiet_window,
 )
-from agents.folds.zones import TZ_VERSION, zone
+from agents.zones import TZ_VERSION, zone
 from schemas import Envelope, Payload, new_event
 from schemas.outbound import (
     MessageData,
@@ -53,7 +52,7 @@ class User:
                              recorded_at=when, actor="test")
         self.state, out = fold(self.state, envelope, self.config)
         # The state survives the table's codec unchanged.
-        assert decode_state(encode_state(self.state)) == self.state
+        assert CODEC.decode(CODEC.encode(self.state)) == self.state
         self.emitted.extend(out)
         return out
 
@@ -360,8 +359,8 @@ def test_policy_overrides_in_the_config_replace_every_preference() -> None:
 
 
 def test_every_deferral_records_its_due_instant_in_utc_and_local_time_for_good() -> None:
-    from projections.views.outbound import DecisionView
-    from projections.writers.outbound import message_rows
+    from projections.outbound.readmodels import message_rows
+    from projections.outbound.views import DecisionView
 
     user = User(OutboundConfig(max_send_attempts=1))
     user.prefs(at("2026-06-01T00:00:00Z"), timezone="Europe/Madrid", daily_limit=1)

@@ -10,7 +10,7 @@ import pytest
 from schemas import Payload
 from streams.publisher import InvalidEnvelope, Publisher
 from streams.settings import Settings
-from tests.conversation_logs import inbound
+from tests.fixtures.conversation_logs import inbound
 
 AT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from agents.responders import (
+from agents.conversations.responders import (
     answer_commerce,
     answer_info,
     answer_support,
     ticket_id_for,
 )
-from streams.tenants import CatalogItem, Tenant, load_tenants
+from agents.tenants import CatalogItem, Tenant, load_tenants
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "tenants.toml"
 

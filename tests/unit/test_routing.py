@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.routing import route_by_rules, tokens
+from agents.conversations.routing import route_by_rules, tokens
 
 
 def test_tokens_are_lowercase_and_accent_free():

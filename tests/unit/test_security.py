@@ -9,10 +9,10 @@ import sys
 import pytest
 from pydantic import SecretStr
 
+from agents.tenants import load_tenants
 from streams.ratelimit import TokenBucket
 from streams.server import create_api
 from streams.settings import InsecureSettings, Settings, require_secure
-from streams.tenants import load_tenants
 
 STRONG = {"BATON_JWT_SECRET": "j" * 48, "BATON_WHATSAPP_APP_SECRET": "w" * 48, "BATON_WHATSAPP_VERIFY_TOKEN": "v" * 48}
 VARIABLES = ("BATON_JWT_SECRET", "BATON_WHATSAPP_APP_SECRET", "BATON_WHATSAPP_VERIFY_TOKEN")

@@ -12,12 +12,20 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agents.effects import Effects
-from agents.senders import WhatsAppSender
+from agents.conversations.effects import Effects
+from agents.conversations.senders import WhatsAppSender
+from agents.tenants import load_tenants
 from schemas import Envelope, new_event
 from schemas.conversations import ReplyFailed, ReplyRequested, ReplySent
-from streams.tenants import load_tenants
-from tests.fake_graph import DELIVER, HOLD, RESET, Answer, Arrival, FakeGraph, throttle
+from tests.fixtures.graph import (
+    DELIVER,
+    HOLD,
+    RESET,
+    Answer,
+    Arrival,
+    FakeGraph,
+    throttle,
+)
 
 TENANTS = load_tenants(Path(__file__).resolve().parents[2] / "examples" / "tenants.toml")
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -11,11 +11,18 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from agents import senders
-from agents.conversations import build_effects
-from agents.senders import THROTTLING_CODES, LogSender, SendError, SendOutcomeUnknown, WhatsAppSender, in_flight
+from agents.conversations import senders
+from agents.conversations.config import build_effects
+from agents.conversations.senders import (
+    THROTTLING_CODES,
+    LogSender,
+    SendError,
+    SendOutcomeUnknown,
+    WhatsAppSender,
+    in_flight,
+)
+from agents.tenants import Tenant
 from streams.settings import Settings
-from streams.tenants import Tenant
 
 TENANT = Tenant(id="acme", name="Acme Café", phone_number_id="109876543210")
 REPLY = uuid.UUID("0b8f6e0a-5a4e-4c7e-9a53-4a1f0c2d9e11")

@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 from msgspec.structs import replace
 
-from agents.folds.conversations import PendingStatus, decode_state, encode_state, fold
+from agents.conversations.fold import CODEC, PendingStatus, fold
+from projections import archive as event_writer
 
 # The writers' module layout, in one place.
-from projections.writers import conversations as session_writer
-from projections.writers import events as event_writer
-from projections.writers import first_per_key, last_per_key
-from tests.conversation_logs import conversation
+from projections.conversations import readmodels as session_writer
+from projections.readmodel import first_per_key, last_per_key
+from tests.fixtures.conversation_logs import conversation
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SESSION_COLUMNS = [name for name, _ in session_writer.SESSIONS.columns]
@@ -78,7 +78,7 @@ def test_session_row_of_a_state_rebuilt_from_its_log_is_the_same():
     for envelope in log:  # the emitted events are on the log too; folding them again changes nothing
         replayed, _ = fold(replayed, envelope)
     assert session_writer.session_row(replayed) == session_writer.session_row(state)
-    assert session_writer.session_row(decode_state(encode_state(state))) == session_writer.session_row(state)
+    assert session_writer.session_row(CODEC.decode(CODEC.encode(state))) == session_writer.session_row(state)
 
 
 def test_pending_statuses_are_not_projected():

@@ -11,7 +11,7 @@ import tzdata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.folds.steps import BudgetState, ExecutionState, FoldConfig, fold
+from agents.steps.fold import BudgetState, ExecutionState, FoldConfig, fold
 from schemas import Envelope, new_event
 from schemas.steps import (
     Alternative,
@@ -480,10 +480,10 @@ def test_the_captured_flags_survive_a_rebuild_from_the_log():
               event(estimate("e1", "s1", 500), T0 + timedelta(seconds=3))]
     first, second = Log(), Log()
     live = [types(first.run(e, follow=False)) for e in events]
-    from agents.folds.steps import decode_state, encode_state
+    from agents.steps.fold import CODEC
     for e in events[:2]:
         second.run(e, follow=False)
-    second.states = {k: decode_state(encode_state(v)) for k, v in second.states.items()}  # a restart mid-log
+    second.states = {k: CODEC.decode(CODEC.encode(v)) for k, v in second.states.items()}  # a restart mid-log
     replayed = [types(second.run(e, follow=False)) for e in events[2:]]
     assert live[-1] == replayed[-1] == ["steps.step.rejected", "steps.budget.exceeded"]
     assert first.budget.executions["e1"].flags.orchestration is True

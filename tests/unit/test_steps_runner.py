@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
-from agents.folds.steps import FoldConfig, fold
 from agents.llm import LlmClient, Usage
-from agents.steps import (
+from agents.steps.config import (
     Route,
     StepError,
     StepRunner,
@@ -28,10 +27,11 @@ from agents.steps import (
     transform,
     validate,
 )
+from agents.steps.fold import FoldConfig, fold
 from schemas import Envelope, new_event
 from schemas.steps import ExecutionOpened, Flags, StepApproved, StepRequested
 from streams.settings import Settings
-from tests.fake_anthropic import FakeAnthropic, error_body
+from tests.fixtures.anthropic import FakeAnthropic, error_body
 
 AT = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 ORDERS = {"orders": [{"sku": "A", "qty": 2, "price": 3.5, "status": "paid"},
@@ -267,7 +267,7 @@ async def test_a_failing_handler_fails_the_step_with_its_stack_and_releases():
     events = by_type(out)
     failed = events["steps.step.failed"]
     assert "'y' is a required property" in failed.error and "Traceback" in failed.stack
-    assert failed.file.endswith("agents/steps.py") and failed.line > 0
+    assert failed.file.endswith("agents/steps/config.py") and failed.line > 0
     assert events["steps.reservation.settled"].outcome == "failed"
 
 
@@ -321,7 +321,7 @@ async def test_send_replies_in_the_conversation_when_there_is_no_outbound_domain
 
 async def test_a_failed_model_call_marks_the_step_and_the_execution_degraded():
     """The runner's outcome events folded in log order: the execution shows the degradation and counts it."""
-    from agents.folds.steps import ExecutionState
+    from agents.steps.fold import ExecutionState
     from schemas.steps import ExecutionStarted, StepSpec
 
     def answer(body):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import signal
 from pathlib import Path
 
@@ -11,50 +10,7 @@ import pytest
 from streams.embedded import EmbeddedBroker
 from streams.runtime import EXIT_ADDRESS_IN_USE, Restart, Runtime, RuntimeFailure
 from streams.settings import Settings
-
-_pids = itertools.count(40_000)
-
-
-class FakeProcess:
-    """What Runtime uses of a Popen: a process that runs until told to die."""
-
-    def __init__(self) -> None:
-        self.pid = next(_pids)
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        return self.returncode
-
-    def die(self, code: int = -signal.SIGKILL) -> None:
-        self.returncode = code
-
-    def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            self.returncode = -sig
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        return self.returncode
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FakeRuntime(Runtime):
-    """A Runtime whose children are fake processes."""
-
-    def _popen(self, role: str) -> FakeProcess:  # type: ignore[override]
-        return FakeProcess()
+from tests.fixtures.supervisor import Clock, FakeProcess, FakeRuntime
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.tenants import (
+from agents.tenants import (
     CatalogItem,
     FaqEntry,
     Tenant,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from agents.tenants import load_tenants
 from schemas import Envelope, decode, encode, source_event_id
 from schemas.conversations import Location, Media, MessageReceived, StatusUpdated
-from streams.tenants import load_tenants
-from streams.whatsapp import (
+from streams.domains.conversations.webhook import (
     UnknownPhoneNumber,
     WebhookError,
     normalize,

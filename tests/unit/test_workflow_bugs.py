@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from agents.bugrules import classify, compare_groupings, fingerprint, normalise_message, normalise_path
+from schemas.bugrules import (
+    classify,
+    compare_groupings,
+    fingerprint,
+    normalise_message,
+    normalise_path,
+)
 from schemas.workflow import BugLogged, bug_stream_id, workflow_stream_id
 
 SAME = [

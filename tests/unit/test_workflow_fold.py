@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.folds.workflow import FoldConfig, TaskState, decode_state, encode_state, fold
-from agents.workflow import DEFAULT_TEMPLATE, Templates, load_template
+from agents.batching import Folder
+from agents.workflow.config import DEFAULT_TEMPLATE, Templates, load_template
+from agents.workflow.fold import CODEC, FoldConfig, TaskState
+from agents.workflow.fold import fold as workflow_fold
 from schemas import Envelope, Payload, new_event
 from schemas.workflow import (
     ArtifactRecorded,
@@ -27,6 +29,11 @@ HASH = "a" * 64
 FEATURE = ["intake", "research", "plan", "execute", "review", "close"]
 REQUIRED = {"intake": ["TASK.md"], "research": ["CONTEXT.md"], "plan": ["PLAN.md"], "review": ["CHANGES.md"]}
 
+
+
+def fold(state, envelope: Envelope, config: FoldConfig):
+    """The workflow fold as the spine applies it: each event once."""
+    return Folder(workflow_fold, config).apply(state, envelope)
 
 class Task:
     """Drives one stream through the fold, feeding every emitted event back as the log would."""
@@ -84,7 +91,7 @@ def test_six_phase_path_in_template_order() -> None:
     assert isinstance(state, TaskState) and state.phase is None and state.status == "done"
     assert [h.phase for h in state.history] == FEATURE and all(h.completed_at for h in state.history)
     assert task.types(task.send(SessionEndRequested(task_code="TSK-001"))) == ["workflow.session.ended"]
-    assert decode_state(encode_state(state)) == state
+    assert CODEC.decode(CODEC.encode(state)) == state
 
 
 def test_gate_blocks_on_a_missing_artifact_then_passes() -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.workflow import DEFAULT_TEMPLATE, TemplateError, WorkflowSettings, load_template, load_templates, parse_template
+from agents.workflow.config import (
+    DEFAULT_TEMPLATE,
+    TemplateError,
+    WorkflowSettings,
+    load_template,
+    load_templates,
+    parse_template,
+)
 
 
 def default_document() -> dict:

@@ -1,4 +1,4 @@
-"""Time zones come from the `tzdata` package, one loader for every fold and edge (agents.folds.zones)."""
+"""Time zones come from the `tzdata` package, one loader for every fold and edge (agents.zones)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 import pytest
 import tzdata
 
-from agents.folds import learning, outbound, steps
-from agents.folds.zones import TZ_VERSION, UnknownZone, zone
+from agents.learning import fold as learning
+from agents.outbound import fold as outbound
+from agents.steps import fold as steps
+from agents.zones import TZ_VERSION, UnknownZone, zone
 
 
 def test_zones_are_tzdata_s_and_its_version_is_recorded() -> None:

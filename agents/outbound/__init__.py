@@ -1,0 +1,1 @@
+"""The outbound domain's write side: its fold, its configuration and its effects."""

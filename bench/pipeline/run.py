@@ -1,0 +1,135 @@
+"""One run of the bench as a sequence of named steps: the peer checked, then per broker (1)-(4), then (5), then
+the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.pipeline.common import code_version, console, workers_name
+from bench.pipeline.fold import FoldRates, fold_step
+from bench.pipeline.harness import (
+    BenchBroker,
+    base_settings,
+    fresh_runtime,
+    start_broker,
+    start_runtime,
+)
+from bench.pipeline.ingest import BatonRun, ingest_step
+from bench.pipeline.latency import LatencyResult, latency_step
+from bench.pipeline.peer import PeerResult, peer_step, prepare_peer
+from bench.pipeline.profiles import start_spies, stop_spies
+from bench.pipeline.report import print_report
+from streams.embedded import EmbeddedPostgres
+from streams.settings import Settings
+
+
+@dataclass
+class Bench:
+    """What the arguments make of this run, and everything it has measured so far."""
+
+    args: argparse.Namespace
+    n: int
+    contacts: int
+    fold_n: int
+    skip: set[str]
+    run_id: str
+    tmp: Path
+    log_dir: Path
+    profile: str | None
+    t_all: float
+    postmaster: int = 0
+    # broker → phase → (wall, CPU per component)
+    cpu_rows: dict[str, dict[str, tuple[float, dict[str, float]]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    baton_runs: list[BatonRun] = field(default_factory=list)
+    lats: list[LatencyResult] = field(default_factory=list)
+    projector_batches: dict[str, list[list[float]]] = field(default_factory=dict)
+    spy_roles: list[tuple[str, Path]] = field(default_factory=list)
+    folds: list[FoldRates] = field(default_factory=list)
+    peer_python: Path | None = None
+    peer_skipped: str | None = None
+    peer: PeerResult | None = None
+
+    @classmethod
+    def create(cls, args: argparse.Namespace) -> Bench:
+        n = args.events
+        run_id = uuid.uuid4().hex[:8]
+        tmp = Path(tempfile.mkdtemp(prefix="baton-bench-"))
+        log_dir = tmp / "logs"
+        log_dir.mkdir(parents=True)
+        return cls(args=args, n=n, contacts=args.contacts or max(1, n // 5), fold_n=args.fold_events or n,
+                   skip=set(filter(None, args.skip.split(","))), run_id=run_id, tmp=tmp, log_dir=log_dir,
+                   profile=None if args.profile == "none" else args.profile, t_all=time.perf_counter())
+
+
+async def run(args: argparse.Namespace) -> None:
+    bench = Bench.create(args)
+    console.print(f"[dim]bench run {bench.run_id}: temp dir {bench.tmp}; code {code_version()}[/dim]", highlight=False)
+    # The peer's services and Python are checked first (nothing is measured yet); it runs at the end.
+    bench.peer_python, bench.peer_skipped = prepare_peer(args, bench.skip, bench.log_dir)
+    postgres = EmbeddedPostgres(bench.tmp / "pgdata").start()
+    try:
+        bench.postmaster = int((bench.tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
+        for broker_profile in args.broker_list:
+            await on_broker(bench, postgres, broker_profile)
+    finally:
+        postgres.stop()
+    await peer_step(bench)
+    print_report(bench)
+    console.print(f"[dim]whole bench {time.perf_counter() - bench.t_all:.0f} s; "
+                  f"logs in {bench.tmp if args.keep else '(removed)'}[/dim]")
+    if not args.keep:
+        shutil.rmtree(bench.tmp, ignore_errors=True)
+
+
+async def on_broker(bench: Bench, postgres: EmbeddedPostgres, broker_profile: str) -> None:
+    """(1) and (2) once per worker count, then (3) and (4), on one broker started for them."""
+    broker_logs = bench.log_dir / broker_profile
+    broker_logs.mkdir()
+    broker = start_broker(broker_profile, broker_logs, bench.notes)
+    if broker is None:
+        return
+    bench.cpu_rows[broker.name] = {}
+    try:
+        base = base_settings(broker, postgres, bench.run_id, bench.args.partitions, bench.tmp)
+        for count in bench.args.worker_counts:
+            await on_runtime(bench, postgres, base, broker, count)
+        if "fold" not in bench.skip or "baselines" not in bench.skip:
+            await fold_step(bench, base, broker, broker_logs)
+    finally:
+        broker.stop()
+
+
+async def on_runtime(bench: Bench, postgres: EmbeddedPostgres, base: Settings, broker: BenchBroker,
+                     count: int) -> None:
+    """(1), and (2) when count is --latency-workers, on a fresh runtime with count workers."""
+    do_ingest = "ingest" not in bench.skip
+    do_latency = "latency" not in bench.skip and count == bench.args.latency_workers
+    if not (do_ingest or do_latency):
+        return
+    tag, key = f"{broker.name}, {workers_name(count)}", f"{broker.profile}_w{count}"
+    runtime = fresh_runtime(base, postgres, bench.run_id, key, bench.tmp, count)
+    probe_out = bench.tmp / f"projector_batches-{key}.json"
+    try:
+        token = await start_runtime(runtime, probe_out, count, tag)
+        roles = {p.pid: role for role, p in runtime.processes.items()}
+        spies = []
+        if bench.profile == "py-spy" and do_ingest:
+            spies = start_spies(runtime, bench.tmp, key, tag, bench.spy_roles)
+        if do_ingest:
+            await ingest_step(bench, runtime, token, broker, roles, count, tag, key)
+        stop_spies(spies)
+        runtime.check_alive()
+        if do_latency:
+            await latency_step(bench, runtime, token, broker, roles, count, tag)
+    finally:
+        runtime.stop()
+    if probe_out.exists():
+        bench.projector_batches[tag] = json.loads(probe_out.read_text())

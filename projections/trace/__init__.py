@@ -1,0 +1,1 @@
+"""The causal chain of events around any id: its view and its route."""

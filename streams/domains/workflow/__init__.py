@@ -1,0 +1,36 @@
+"""The workflow domain, declared for the registry: tasks through phases, sprints, bugs, context search."""
+
+from __future__ import annotations
+
+from agents.workflow.config import workflow_folder
+from agents.workflow.fold import CODEC
+from projections import workflow as read_side
+from projections.workflow.readmodels import READ_MODELS
+from schemas.workflow import CATALOG
+from streams.domains import Domain
+
+
+def _routers() -> tuple:
+    from projections.workflow.routes import workflow_router
+
+    return (workflow_router(),)
+
+
+def _commands(cli: object) -> None:
+    from streams.domains.workflow.cli import add_commands
+
+    add_commands(cli)
+
+
+DOMAIN = Domain(
+    name="workflow",
+    catalog=CATALOG,
+    folder=workflow_folder,
+    state_table="workflow-states",
+    state_codec=CODEC,
+    read_models=READ_MODELS,
+    migrations=read_side.MIGRATIONS,
+    routers=_routers,
+    commands=_commands,
+    console_page=read_side.CONSOLE_PAGE,
+)
