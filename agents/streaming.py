@@ -18,8 +18,8 @@ from schemas import DecodeError, Envelope, decode, encode, registration
 from streams import metrics
 from streams.app import domain_topic, raw_table
 from streams.deadletter import dead_letter_record
-from streams.domains import Domain
 from streams.publisher import producer_options
+from streams.registry import Domain
 from streams.settings import Settings
 from streams.topics import key_partition, misplaced
 

@@ -28,7 +28,7 @@ from faust.worker import Worker
 
 from agents import streaming
 from streams.app import create_app
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.worker import tune_gc

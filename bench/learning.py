@@ -36,7 +36,8 @@ from typing import Any
 
 import httpx
 
-from agents.learning.config import LearningSettings, SignalsEffect
+from agents.learning.config import LearningSettings
+from agents.learning.effects import SignalsEffect
 from agents.learning.fold import FoldConfig, fold
 from schemas import new_event
 from schemas.learning import (

@@ -29,8 +29,8 @@ from pathlib import Path
 import msgspec
 from aiokafka import AIOKafkaConsumer
 
-from agents.outbound.config import simulate
 from agents.outbound.fold import OutboundConfig
+from agents.outbound.simulate import simulate
 from schemas import Envelope, new_event
 from schemas.outbound import (
     DECISION_EVENTS,

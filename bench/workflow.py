@@ -39,7 +39,7 @@ from projections.workflow.views import (
 from streams.auth import issue_token
 from streams.embedded import EmbeddedBroker, EmbeddedPostgres
 from streams.runtime import Runtime
-from streams.settings import Settings
+from streams.settings import Settings, loaded
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "acme"
@@ -147,14 +147,14 @@ def explain(url: str, scope: str, scope_id: str | None, q: str, half_life_s: flo
 
 def bench_search(postgres: EmbeddedPostgres, n: int, count: int) -> None:
     url = postgres.fresh_database("bench_workflow_search")
-    asyncio.run(apply_migrations(url, sources=[("workflow", ROOT / "projections" / "migrations" / "workflow")]))
+    asyncio.run(apply_migrations(url, sources=[("workflow", ROOT / "projections" / "workflow" / "migrations")]))
     print(f"loading {n:,} events with COPY …", flush=True)
     seconds = load_events(url, n)
     with psycopg.connect(url) as conn:
         size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('events')), count(*) FROM events").fetchone()
     print(f"loaded in {seconds:.0f} s: {size[1]:,} rows, {size[0]} with indexes", flush=True)
     rng = random.Random(11)
-    half_life_s = WorkflowSettings().search_half_life_hours * 3600
+    half_life_s = loaded(WorkflowSettings).search_half_life_hours * 3600
     shapes = {
         "task": [("task", f"TSK-{rng.randrange(TASKS):04d}", rng.choice(WORDS[:12])) for _ in range(count)],
         "project (rare term)": [("project", None, rng.choice(WORDS[20:])) for _ in range(count)],

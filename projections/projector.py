@@ -21,9 +21,9 @@ from projections.migrations import apply_migrations
 from projections.readmodel import ReadModel, write_rows
 from streams import metrics
 from streams.deadletter import dead_letter_record
-from streams.domains import Domain, domain_of_topic, load_domains, migration_sources
 from streams.liveness import Heartbeat
 from streams.publisher import producer_options
+from streams.registry import Domain, domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
 from streams.topics import changelog_topic, ensure_topics, misplaced, topic_partitions
 

@@ -26,7 +26,7 @@ from projections.projector import (
     state_changelogs,
 )
 from projections.readmodel import ReadModel, write_rows
-from streams.domains import domain_of_topic, load_domains, migration_sources
+from streams.registry import domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
 from streams.topics import log_end_offsets, misplaced, topic_partitions
 

@@ -24,7 +24,7 @@ from schemas.codec import (
     _Header,  # the envelope as `schemas.decode` checks it (lengths, time zones, UUIDs)
 )
 from schemas.envelope import BATON_NAMESPACE
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 
 ASYNCAPI_VERSION = "3.0.0"

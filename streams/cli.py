@@ -294,7 +294,8 @@ def deadletter_redrive(
     limit: Annotated[int, typer.Option(min=1, help="Most recent N per partition considered.")] = 1000,
 ) -> None:
     """Publish dead-lettered records again to their source topic, once they hold a valid event; others stay."""
-    from streams.deadletter import letter_id, list_dead_letters, redrive
+    from streams.deadletter import letter_id, list_dead_letters
+    from streams.operations import redrive
 
     if not ids and not every:
         err_console.print("Name the letters to re-drive (topic[partition]:offset), or pass --all.", style="red")
@@ -321,7 +322,7 @@ def _tenants(settings: Settings):
 
 
 def _add_domain_commands() -> None:
-    from streams.domains import load_domains
+    from streams.registry import load_domains
 
     for domain in load_domains():
         if domain.commands is not None:

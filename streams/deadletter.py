@@ -162,45 +162,6 @@ def _unwrap(text: str | None, encoding: Encoding) -> bytes | None:
     return text.encode("utf-8")
 
 
-class Redrive(msgspec.Struct, frozen=True, kw_only=True):
-    """What a re-drive did: letters published again to their source topic, and those refused, with why."""
-
-    redriven: list[str]
-    refused: list[tuple[str, str]]
-
-
 def letter_id(letter: DeadLetter) -> str:
     """How a dead letter is named on the command line and in the console: `topic[partition]:offset`."""
     return f"{letter.source_topic}[{letter.partition}]:{letter.offset}"
-
-
-async def redrive(settings: Settings, letters: list[DeadLetter]) -> Redrive:
-    """Publish the original records of dead letters again, once they hold a valid event for their key.
-
-    A letter whose bytes still fail (a decode error, a key that is not the stream id, a type no longer known, a
-    value the read models cannot hold) is refused and stays where it is; a re-driven event keeps its id, so a fold
-    that applied it meanwhile skips it.
-    Only domain topics are re-driven into: a changelog's records are rebuilt by the worker, not re-sent.
-    """
-    from agents.batching import BadRecord, Record, envelope_of
-    from schemas import UnstorableEvent, check_storable
-    from streams.domains import domain_of_topic
-    from streams.publisher import Publisher
-
-    domain_topics = domain_of_topic(settings)
-    envelopes, redriven, refused = [], [], []
-    for letter in letters:
-        if letter.source_topic not in domain_topics:
-            refused.append((letter_id(letter), f"{letter.source_topic} is not a domain topic"))
-            continue
-        try:
-            record = Record(letter.source_topic, letter.partition, letter.offset, letter.raw_key(), letter.raw_value())
-            envelopes.append(check_storable(envelope_of(record)))
-        except (BadRecord, DeadLetterError, UnstorableEvent) as exc:
-            refused.append((letter_id(letter), str(exc)))
-            continue
-        redriven.append(letter_id(letter))
-    if envelopes:
-        async with Publisher(settings) as publisher:
-            await publisher.publish(envelopes)
-    return Redrive(redriven=redriven, refused=refused)

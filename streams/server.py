@@ -13,14 +13,14 @@ from psycopg_pool import AsyncConnectionPool
 from agents.tenants import load_tenants
 from projections.console.routes import mount_console
 from projections.migrations import apply_migrations
-from projections.operations import ops_router
 from projections.trace.routes import trace_router
 from streams.asyncapi import asyncapi_router
-from streams.domains import load_domains, migration_sources
 from streams.edge import RequestGuard, configure_bounded_logging
 from streams.ingest import ingest_router
 from streams.metrics import EdgeMetrics, exposition
+from streams.operations import ops_router
 from streams.publisher import EventTooLarge, Publisher
+from streams.registry import load_domains, migration_sources
 from streams.settings import Settings, require_secure
 from streams.topics import ensure_topics
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,14 +97,6 @@ class Settings(BaseSettings):
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_LLM_PRICES))
     llm_timeout_s: float = Field(30.0, gt=0)
 
-    # The conversation routing model and its timeout; its calls are priced by llm_prices like every other.
-    classifier_model: str = "claude-haiku-4-5"
-    classifier_timeout_s: float = Field(5.0, gt=0)
-
-    session_timeout_hours: float = Field(24.0, gt=0)
-    max_dialogue_turns: int = Field(50, ge=1)
-    seen_message_ids: int = Field(256, ge=1)
-
     publish_timeout_s: float = Field(10.0, gt=0)
     max_request_bytes: int = Field(1_048_576, ge=1024)
     max_batch_events: int = Field(500, ge=1)
@@ -177,10 +169,25 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}deadletter"
 
 
+T = TypeVar("T")
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment once."""
     return Settings()
+
+
+_loaded: dict[type, tuple[Settings, Any]] = {}
+
+
+def loaded(kind: type[T]) -> T:
+    """A domain's settings, read from the environment once per process (again after get_settings.cache_clear())."""
+    core = get_settings()
+    hit = _loaded.get(kind)
+    if hit is None or hit[0] is not core:
+        hit = _loaded[kind] = (core, kind())
+    return hit[1]
 
 
 _STANDARD_NAMES = {"kafka_bootstrap_servers", "database_url", "anthropic_api_key", "anthropic_base_url"}

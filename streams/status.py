@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from projections.projector import CONSUMER as PROJECTOR_CONSUMER
 from projections.projector import load_offsets
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 from streams.topics import log_end_offsets, topic_partitions
 

@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 
 

@@ -14,8 +14,8 @@ from faust.worker import Worker
 from agents.streaming import register_domain
 from streams import metrics
 from streams.app import create_app
-from streams.domains import load_domains
 from streams.liveness import beat_on_timer
+from streams.registry import load_domains
 from streams.settings import Settings
 from streams.topics import ensure_topics
 

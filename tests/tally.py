@@ -18,7 +18,7 @@ from projections.readmodel import ReadModel
 from projections.routes import Pool
 from schemas import Envelope, EventCatalog, Payload, emitted, register_catalog
 from streams.auth import Tenant
-from streams.domains import Domain
+from streams.registry import Domain
 
 MILESTONE = 10
 

@@ -1,24 +1,45 @@
-"""The conversations domain's worker side: its fold as configured by settings, and its effect worker."""
+"""The conversations domain's worker configuration: its settings, its fold as configured by them, and the factory
+of its effect worker (agents.conversations.effects)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from agents.batching import Folder
 from agents.conversations.effects import Effects
 from agents.conversations.fold import FoldConfig, count_duplicate, fold
 from agents.tenants import load_tenants
-from streams.settings import Settings
+from streams.settings import Settings, loaded
 
 
-def conversation_folder(settings: Settings) -> Folder:
+class ConversationsSettings(BaseSettings):
+    """The conversation fold's bounds and the routing model (BATON_*, names unchanged); the README's settings
+    table lists them. The WhatsApp and tenants settings stay in streams.settings.Settings: the edge, the
+    outbound domain and `baton dev` read them too."""
+
+    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore")
+
+    # The conversation routing model and its timeout; its calls are priced by llm_prices like every other.
+    classifier_model: str = "claude-haiku-4-5"
+    classifier_timeout_s: float = Field(5.0, gt=0)
+
+    session_timeout_hours: float = Field(24.0, gt=0)
+    max_dialogue_turns: int = Field(50, ge=1)
+    seen_message_ids: int = Field(256, ge=1)
+
+
+def conversation_folder(_settings: Settings) -> Folder:
     """The conversation fold, configured from settings, with its session-boundary rule."""
+    options = loaded(ConversationsSettings)
     return Folder(
         fold=fold,
         config=FoldConfig(
-            session_timeout=timedelta(hours=settings.session_timeout_hours),
-            max_dialogue_turns=settings.max_dialogue_turns,
-            max_seen_message_ids=settings.seen_message_ids,
+            session_timeout=timedelta(hours=options.session_timeout_hours),
+            max_dialogue_turns=options.max_dialogue_turns,
+            max_seen_message_ids=options.seen_message_ids,
         ),
         ends_state=lambda envelope: envelope.type == "conversation.session.expired",
         on_duplicate=count_duplicate,
@@ -29,10 +50,11 @@ def build_effects(settings: Settings) -> Effects:
     """Effect worker dependencies chosen by settings: the routing model (shared LLM client) and WhatsApp sender
     when configured."""
     from agents.conversations.routing import LaneModel
-    from agents.conversations.senders import LogSender, whatsapp_sender
     from agents.llm import llm_client
+    from agents.senders import LogSender, whatsapp_sender
 
+    options = loaded(ConversationsSettings)
     llm = llm_client(settings)
-    lane_model = None if llm is None else LaneModel(llm, settings.classifier_model, settings.classifier_timeout_s)
+    lane_model = None if llm is None else LaneModel(llm, options.classifier_model, options.classifier_timeout_s)
     sender = whatsapp_sender(settings) if settings.whatsapp_access_token else LogSender()
     return Effects(tenants=load_tenants(settings.tenants_file), sender=sender, lane_model=lane_model)

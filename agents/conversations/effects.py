@@ -14,8 +14,8 @@ from agents.conversations.responders import (
     ticket_id_for,
 )
 from agents.conversations.routing import LaneModel, RoutingError, route_by_rules
-from agents.conversations.senders import Sender, SendError, SendOutcomeUnknown
 from agents.llm import Completion, cost_event
+from agents.senders import Sender, SendError, SendOutcomeUnknown
 from agents.tenants import Tenant, Tenants
 from schemas import Envelope, emitted
 from schemas.conversations import (

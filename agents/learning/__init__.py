@@ -1,1 +1,1 @@
-"""The learning domain's write side: its fold, its configuration and its effects."""
+"""The learning domain's write side: its fold, its configuration, its effect worker and its plan composition."""

@@ -1,1 +1,1 @@
-"""The outbound domain's write side: its fold, its configuration and its effects."""
+"""The outbound domain's worker side: its fold, configuration, effects, wake-up timer and what-if re-fold."""

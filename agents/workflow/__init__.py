@@ -1,1 +1,1 @@
-"""The workflow domain's write side: its fold, its configuration and its effects."""
+"""The workflow domain's worker side: its fold, its settings and its templates."""

@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from streams.domains import Domain
+from streams.registry import Domain
 
 CONSOLE = Path(__file__).resolve().parent
 SYSTEM_PAGES = (("trace", "Trace", CONSOLE / "pages" / "trace.js"), ("system", "System", CONSOLE / "pages" / "system.js"))

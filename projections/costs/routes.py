@@ -12,7 +12,7 @@ from projections.routes import Pool
 from streams.auth import Tenant
 
 
-def costs_router() -> APIRouter:
+def query_router() -> APIRouter:
     """GET /v1/costs."""
     router = APIRouter(tags=["costs"], responses={401: {"description": "Missing or invalid bearer token"}})
 

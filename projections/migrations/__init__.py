@@ -11,6 +11,7 @@ from typing import NamedTuple
 from psycopg import AsyncConnection, sql
 
 from projections import ProjectionError
+from streams.registry import migration_sources
 
 CORE = Path(__file__).parent / "core"
 _FILE_NAME = re.compile(r"^(\d+)_(\w+)\.sql$")
@@ -57,10 +58,6 @@ async def apply_migrations(
     """Create `schema` if needed and apply pending migrations of core and `sources` (default: the registered
     domains'); returns the (source, version) pairs applied."""
     if sources is None:
-        from streams.domains import (
-            migration_sources,  # the registry imports the projections package
-        )
-
         sources = migration_sources()
     if isinstance(target, str):
         async with await AsyncConnection.connect(target, autocommit=True) as conn:

@@ -24,11 +24,12 @@ from projections.outbound.views import (
 )
 from projections.routes import Pool
 from streams.auth import Tenant
+from streams.settings import loaded
 
 
 def query_router() -> APIRouter:
     """Routes over the outbound read models; the tenant always comes from the bearer token."""
-    window = timedelta(minutes=OutboundSettings().active_window_minutes)
+    window = timedelta(minutes=loaded(OutboundSettings).active_window_minutes)
     router = APIRouter(tags=["outbound"], responses={401: {"description": "Missing or invalid bearer token"}})
 
     @router.get("/v1/outbound/queue", response_model=Queue, summary="The outbound queue")

@@ -7,7 +7,8 @@ from datetime import date
 
 import msgspec
 
-from agents.steps.fold import BudgetState, ExecutionState
+from agents.steps.budgets import BudgetState
+from agents.steps.executions import ExecutionState
 from projections.readmodel import ReadModel
 from schemas.steps import execution_stream_id
 

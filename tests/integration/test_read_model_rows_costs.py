@@ -11,7 +11,7 @@ import pytest
 from projections.costs.readmodels import LLM_COSTS
 from schemas import new_event
 from schemas.costs import LlmCallRecorded
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from schemas.learning import (
     PlanSummary,
     SignalFetched,
 )
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ from schemas.outbound import (
     UserActive,
     UserTicked,
 )
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

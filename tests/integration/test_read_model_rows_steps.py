@@ -26,7 +26,7 @@ from schemas.steps import (
     StepFailed,
     StepSpec,
 )
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -28,7 +28,7 @@ from schemas.workflow import (
     TaskCreated,
     TaskUpdated,
 )
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -177,7 +177,7 @@ def test_a_failed_step_becomes_a_bug(api: httpx.Client) -> None:
     assert result["status"] == "failed" and "'y' is a required property" in result["steps"][0]["error"]
     bugs = eventually(lambda: [b for b in api.get("/v1/bugs").json()["bugs"] if "validate step failed" in b["message"]],
                       "bug logged")
-    assert bugs[0]["fingerprint"] and bugs[0]["file"].endswith("steps.py")
+    assert bugs[0]["fingerprint"] and bugs[0]["file"].endswith("agents/steps/intents.py")
 
 
 def flag_changes(api: httpx.Client) -> list[dict]:

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from schemas import encode, new_event, registration, source_event_id
 from schemas.conversations import MessageReceived
 from streams.asyncapi import asyncapi_document, key_template
-from streams.domains import load_domains
+from streams.registry import load_domains
 from streams.settings import Settings
 from streams.topics import key_partition
 

@@ -19,9 +19,9 @@ import structlog
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from projections.learning.routes import learning_router
 from streams.auth import AgentOrCallerDep, CallerDep, issue_token
 from streams.domains.conversations.webhook import sign
+from streams.domains.learning import DOMAIN as LEARNING
 from streams.edge import (
     MAX_JSON_DEPTH,
     MAX_NUMBER_CHARS,
@@ -190,7 +190,8 @@ def learning(settings: Settings) -> tuple[TestClient, Publisher]:
     app = FastAPI()
     app.state.settings = settings
     app.state.publisher = Publisher()
-    app.include_router(learning_router())
+    for router in LEARNING.routers():
+        app.include_router(router)
     client = TestClient(app, raise_server_exceptions=False)
     client.headers["Authorization"] = f"Bearer {issue_token(settings, 'acme', subject='ada')}"
     return client, app.state.publisher

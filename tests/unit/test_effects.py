@@ -13,8 +13,8 @@ from agents.conversations.fold import FoldConfig, count_duplicate
 from agents.conversations.fold import fold as conversation_fold
 from agents.conversations.responders import ticket_id_for
 from agents.conversations.routing import LaneChoice, LaneModel, RoutingError
-from agents.conversations.senders import LogSender, SendError
 from agents.llm import Completion, LlmClient, Usage
+from agents.senders import LogSender, SendError
 from agents.tenants import load_tenants
 from schemas import Envelope, derived_event_id, source_event_id
 from schemas.conversations import MessageReceived, conversation_stream_id

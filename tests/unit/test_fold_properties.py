@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from agents.batching import Folder, Record, fold_batch
 from schemas import Envelope, encode, registration
-from streams.domains import Domain, load_domains
+from streams.registry import Domain, load_domains
 from streams.settings import Settings
 from tests.fixtures.domain_logs import INPUTS
 

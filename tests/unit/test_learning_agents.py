@@ -11,7 +11,8 @@ from typing import Any
 import jwt
 import pytest
 
-from agents.learning.config import LearningSettings, SignalsEffect
+from agents.learning.config import LearningSettings
+from agents.learning.effects import SignalsEffect
 from schemas import Envelope, new_event
 from schemas.costs import LlmCallRecorded
 from schemas.learning import (

@@ -1,13 +1,14 @@
-"""The learning router without a broker: who the learner is, the error format, and what reaches the publisher."""
+"""The learning routers without a broker: who the learner is, the error format, and what reaches the publisher."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
-from projections.learning.routes import LearningRoute, learning_router
+from projections.learning.routes import LearningRoute
 from schemas.learning import IntentSynced
 from streams.auth import issue_token
+from streams.domains.learning import DOMAIN as LEARNING
 from streams.publisher import PublishError
 from streams.settings import Settings
 
@@ -32,7 +33,8 @@ def client(publisher: RecordingPublisher) -> tuple[TestClient, Settings]:
     app = FastAPI()
     app.state.settings = settings
     app.state.publisher = publisher
-    app.include_router(learning_router())
+    for router in LEARNING.routers():  # the command and the query routes, as the API includes them
+        app.include_router(router)
     return TestClient(app), settings
 
 

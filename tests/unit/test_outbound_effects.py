@@ -10,16 +10,13 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from agents.conversations.senders import SendError, SendOutcomeUnknown
 from agents.llm import LlmClient
-from agents.outbound.config import (
-    OutboundEffects,
-    OutboundSettings,
-    due_ticks,
-    render_template,
-    simulate,
-)
+from agents.outbound.config import OutboundSettings
+from agents.outbound.effects import OutboundEffects, render_template
 from agents.outbound.fold import OutboundConfig
+from agents.outbound.simulate import simulate
+from agents.outbound.wakeups import due_ticks
+from agents.senders import SendError, SendOutcomeUnknown
 from agents.tenants import load_tenants
 from schemas import Envelope, decode, encode, new_event
 from schemas.outbound import (
@@ -30,8 +27,8 @@ from schemas.outbound import (
     SendRequested,
 )
 from streams.auth import issue_token
-from streams.domains.outbound.commands import outbound_router, queue_message
-from streams.settings import Settings
+from streams.domains.outbound.commands import command_router, queue_message
+from streams.settings import Settings, loaded
 from tests.fixtures.anthropic import FakeAnthropic, error_body
 
 NOW = datetime(2026, 6, 2, 8, 0, tzinfo=UTC)
@@ -63,7 +60,7 @@ def request(**changes) -> Envelope:
 
 
 def effects(sender: FakeSender, llm: LlmClient | None = None) -> OutboundEffects:
-    return OutboundEffects(load_tenants(Settings().tenants_file), sender, llm, OutboundSettings(), clock=lambda: NOW)
+    return OutboundEffects(load_tenants(Settings().tenants_file), sender, llm, loaded(OutboundSettings), clock=lambda: NOW)
 
 
 def types(events: list[Envelope]) -> list[str]:
@@ -164,7 +161,7 @@ def test_templates_per_type() -> None:
 def test_due_wakeups_become_ticks_with_ids_from_user_and_due_time() -> None:
     import msgspec
 
-    from agents.outbound.config import _Wakeup
+    from agents.outbound.wakeups import _Wakeup
 
     due = NOW - timedelta(seconds=1)
     rows = [(b"outbound:acme:u1", msgspec.json.encode(_Wakeup("acme", "u1", due))),
@@ -195,7 +192,7 @@ def api():
     app = FastAPI()
     app.state.settings = settings
     app.state.publisher = FakePublisher()
-    app.include_router(outbound_router())
+    app.include_router(command_router())
     transport = httpx.ASGITransport(app=app)
     headers = {"Authorization": f"Bearer {issue_token(settings, 'acme')}"}
     return app.state.publisher, httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agents.conversations.effects import Effects
-from agents.conversations.senders import WhatsAppSender
+from agents.senders import WhatsAppSender
 from agents.tenants import load_tenants
 from schemas import Envelope, new_event
 from schemas.conversations import ReplyFailed, ReplyRequested, ReplySent

@@ -11,9 +11,9 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from agents.conversations import senders
+from agents import senders
 from agents.conversations.config import build_effects
-from agents.conversations.senders import (
+from agents.senders import (
     THROTTLING_CODES,
     LogSender,
     SendError,

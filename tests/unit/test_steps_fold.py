@@ -11,6 +11,7 @@ import tzdata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import schemas.workflow  # noqa: F401 - the workflow domain is installed: a failed step is logged as a bug
 from agents.steps.fold import BudgetState, ExecutionState, FoldConfig, fold
 from schemas import Envelope, new_event
 from schemas.steps import (

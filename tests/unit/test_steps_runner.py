@@ -5,19 +5,20 @@ against a local fake server that answers with usage fields including cache token
 from __future__ import annotations
 
 import asyncio
-import importlib
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 from pydantic import SecretStr
 
+import schemas.outbound  # noqa: F401 - the outbound domain is installed: a send step queues its message
 from agents.llm import LlmClient, Usage
-from agents.steps.config import (
-    Route,
+from agents.steps import intents
+from agents.steps.config import Route, StepsSettings
+from agents.steps.effects import StepRunner
+from agents.steps.fold import FoldConfig, fold
+from agents.steps.intents import (
     StepError,
-    StepRunner,
-    StepsSettings,
     aggregate,
     compress,
     conditional,
@@ -27,10 +28,9 @@ from agents.steps.config import (
     transform,
     validate,
 )
-from agents.steps.fold import FoldConfig, fold
-from schemas import Envelope, new_event
+from schemas import Envelope, UnknownEventType, new_event
 from schemas.steps import ExecutionOpened, Flags, StepApproved, StepRequested
-from streams.settings import Settings
+from streams.settings import Settings, loaded
 from tests.fixtures.anthropic import FakeAnthropic, error_body
 
 AT = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -95,7 +95,7 @@ def test_compression_is_deterministic_and_lossless_for_repeated_keys():
 def test_savings_levers_sum_to_the_counterfactual_minus_the_actual_cost():
     from schemas.steps import Plan
 
-    config = StepsSettings()
+    config = loaded(StepsSettings)
     plan = Plan(model="claude-haiku-4-5", counterfactual_model="claude-sonnet-4-5", system="s", prompt="p",
                 max_tokens=100, raw_tokens_counterfactual=1000, raw_tokens_routed=1000, compressed_tokens=700)
     usage = Usage(input_tokens=200, output_tokens=50, cache_read_input_tokens=500, cache_creation_input_tokens=0)
@@ -267,7 +267,7 @@ async def test_a_failing_handler_fails_the_step_with_its_stack_and_releases():
     events = by_type(out)
     failed = events["steps.step.failed"]
     assert "'y' is a required property" in failed.error and "Traceback" in failed.stack
-    assert failed.file.endswith("agents/steps/config.py") and failed.line > 0
+    assert failed.file.endswith("agents/steps/intents.py") and failed.line > 0
     assert events["steps.reservation.settled"].outcome == "failed"
 
 
@@ -303,14 +303,14 @@ async def test_send_queues_an_outbound_message():
 
 
 async def test_send_replies_in_the_conversation_when_there_is_no_outbound_domain(monkeypatch):
-    real = importlib.import_module
+    real = intents.registration
 
-    def without_outbound(name, *args):
-        if name == "schemas.outbound":
-            raise ImportError(name)
-        return real(name, *args)
+    def without_outbound(event_type):
+        if event_type == "outbound.message.queued":
+            raise UnknownEventType(event_type)
+        return real(event_type)
 
-    monkeypatch.setattr(importlib, "import_module", without_outbound)
+    monkeypatch.setattr(intents, "registration", without_outbound)
     _, _, out = await run_step(runner_for(None), requested("send", {"text": "Hola"}, spec={
         "contact": "34600000001", "text_from": "input.text"}))
     events = by_type(out)

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agents.batching import Folder
-from agents.workflow.config import DEFAULT_TEMPLATE, Templates, load_template
 from agents.workflow.fold import CODEC, FoldConfig, TaskState
 from agents.workflow.fold import fold as workflow_fold
+from agents.workflow.templates import DEFAULT_TEMPLATE, Templates, load_template
 from schemas import Envelope, Payload, new_event
 from schemas.workflow import (
     ArtifactRecorded,

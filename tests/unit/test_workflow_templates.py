@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.workflow.config import (
+from agents.workflow.config import WorkflowSettings
+from agents.workflow.templates import (
     DEFAULT_TEMPLATE,
     TemplateError,
-    WorkflowSettings,
     load_template,
     load_templates,
     parse_template,

@@ -9,7 +9,7 @@ import tzdata
 
 from agents.learning import fold as learning
 from agents.outbound import fold as outbound
-from agents.steps import fold as steps
+from agents.steps import budgets as steps
 from agents.zones import TZ_VERSION, UnknownZone, zone
 
 

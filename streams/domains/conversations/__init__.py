@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from agents.conversations.config import build_effects, conversation_folder
+from agents.conversations.config import (
+    ConversationsSettings,
+    build_effects,
+    conversation_folder,
+)
 from agents.conversations.fold import CODEC
 from projections import conversations as read_side
 from projections.conversations.readmodels import SESSIONS
 from schemas.conversations import CATALOG
-from streams.domains import Domain
+from streams.registry import Domain
 
 
 def _routers() -> tuple:
@@ -28,4 +32,5 @@ DOMAIN = Domain(
     routers=_routers,
     effects=build_effects,
     console_page=read_side.CONSOLE_PAGE,
+    settings=ConversationsSettings,
 )

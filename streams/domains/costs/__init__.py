@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from agents.batching import Folder
-from agents.costs.fold import CODEC, fold
+from agents.costs.config import costs_folder
+from agents.costs.fold import CODEC
 from projections import costs as read_side
 from projections.costs.readmodels import LLM_COSTS
 from schemas.costs import CATALOG
-from streams.domains import Domain
+from streams.registry import Domain
 
 
 def _routers() -> tuple:
-    from projections.costs.routes import costs_router
+    from projections.costs.routes import query_router
 
-    return (costs_router(),)
+    return (query_router(),)
 
 
 DOMAIN = Domain(
     name="costs",
     catalog=CATALOG,
-    folder=lambda _settings: Folder(fold=fold, config=None),
+    folder=costs_folder,
     state_table="cost-days",
     state_codec=CODEC,
     read_models=(LLM_COSTS,),

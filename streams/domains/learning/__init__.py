@@ -2,53 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING
 
-import typer
-
-from agents.learning.config import build_effects, learning_folder
+from agents.learning.config import LearningSettings, build_effects, learning_folder
 from agents.learning.fold import CODEC
 from projections import learning as read_side
 from projections.learning.readmodels import LEARNERS, SESSIONS, SIGNALS
 from schemas.learning import CATALOG
-from streams.domains import Domain
+from streams.registry import Domain
+
+if TYPE_CHECKING:
+    import typer
 
 
 def _routers() -> tuple:
-    from projections.learning.routes import learning_router
+    from projections.learning.routes import learner_dependency, query_router
+    from streams.domains.learning.commands import command_router
 
-    return (learning_router(),)
+    learner_of = learner_dependency()  # one per-learner token bucket for the commands and the queries
+    return (command_router(learner_of), query_router(learner_of))
 
 
 def _commands(cli: typer.Typer) -> None:
-    import asyncio
-    from datetime import UTC, datetime
+    from streams.domains.learning.cli import add_commands
 
-    learning_cli = typer.Typer(help="Learning plans.", no_args_is_help=True)
-
-    @learning_cli.command("status")
-    def status(tenant: Annotated[str, typer.Option(help="Tenant id.")],
-               learner: Annotated[str, typer.Option(help="Learner id (the token subject).")]) -> None:
-        """Print a learner's status as GET /v1/learning/status answers it."""
-        from psycopg import AsyncConnection
-
-        from agents.learning.config import LearningSettings
-        from projections.learning.views import learner_status
-        from schemas.learning import learner_stream_id
-        from streams.cli import connected_settings, console
-
-        settings, options = connected_settings(), LearningSettings()
-
-        async def query():
-            async with await AsyncConnection.connect(settings.database_url) as conn:
-                return await learner_status(
-                    conn, tenant, learner_stream_id(tenant, learner), learner, now=datetime.now(UTC),
-                    agents=list(options.agent_urls), freshness={a: options.freshness(a) for a in options.agent_urls},
-                    run_hour_local=options.run_hour_local, days_per_week=options.days_per_week)
-
-        console.print_json(asyncio.run(query()).model_dump_json())
-
-    cli.add_typer(learning_cli, name="learning")
+    add_commands(cli)
 
 
 DOMAIN = Domain(
@@ -63,4 +41,5 @@ DOMAIN = Domain(
     effects=build_effects,
     commands=_commands,
     console_page=read_side.CONSOLE_PAGE,
+    settings=LearningSettings,
 )

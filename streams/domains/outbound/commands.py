@@ -148,7 +148,7 @@ class PreferencesAccepted(BaseModel):
     tz_version: str
 
 
-def outbound_router() -> APIRouter:
+def command_router() -> APIRouter:
     """Write routes of the outbound domain."""
     router = APIRouter(tags=["outbound"], responses={401: {"description": "Missing or invalid bearer token"}})
 

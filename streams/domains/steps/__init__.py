@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from agents.steps.config import build_runner, steps_folder
+from agents.steps.config import StepsSettings, build_runner, steps_folder
 from agents.steps.fold import CODEC
 from projections import steps as read_side
 from projections.steps.readmodels import BUDGET_DAYS, EXECUTIONS, TENANTS
 from schemas.steps import CATALOG
-from streams.domains import Domain
+from streams.registry import Domain
 
 
 def _commands(cli) -> None:
-    from streams.domains.steps.client import add_commands
+    from streams.domains.steps.cli import add_commands
 
     add_commands(cli)
 
 
 def _routers() -> tuple:
-    from projections.steps.routes import steps_router
+    from projections.steps.routes import query_router
+    from streams.domains.steps.commands import command_router
 
-    return (steps_router(),)
+    return (command_router(), query_router())
 
 
 DOMAIN = Domain(
@@ -34,4 +35,5 @@ DOMAIN = Domain(
     effects=build_runner,
     commands=_commands,
     console_page=read_side.CONSOLE_PAGE,
+    settings=StepsSettings,
 )

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from agents.workflow.config import workflow_folder
+from agents.workflow.config import WorkflowSettings, workflow_folder
 from agents.workflow.fold import CODEC
 from projections import workflow as read_side
 from projections.workflow.readmodels import READ_MODELS
 from schemas.workflow import CATALOG
-from streams.domains import Domain
+from streams.registry import Domain
 
 
 def _routers() -> tuple:
-    from projections.workflow.routes import workflow_router
+    from projections.workflow.routes import query_router
+    from streams.domains.workflow.commands import command_router
 
-    return (workflow_router(),)
+    return (command_router(), query_router())
 
 
 def _commands(cli: object) -> None:
@@ -33,4 +34,5 @@ DOMAIN = Domain(
     routers=_routers,
     commands=_commands,
     console_page=read_side.CONSOLE_PAGE,
+    settings=WorkflowSettings,
 )

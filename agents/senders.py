@@ -1,4 +1,5 @@
-"""Reply senders: the WhatsApp Cloud API, or a log line in development."""
+"""Message senders shared by the domains that write to users (conversation replies, outbound messages): the
+WhatsApp Cloud API, or a log line in development."""
 
 from __future__ import annotations
 

@@ -1,0 +1,138 @@
+"""The domain registry: each domain is declared once, and the worker, projector, replay, ingest, API and CLI
+iterate over it without naming any domain.
+
+A declaration is a `Domain` named `DOMAIN` in a package of its own; every package in `streams/domains/` is a
+built-in domain (adding one edits no generic file), and `BATON_EXTRA_DOMAINS` (comma-separated
+`module:attribute`) adds more. The registry sits below every domain: it imports none of their layers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from schemas import Envelope, EventCatalog
+from streams.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # the registry sits below every domain: it imports none of their layers at run time
+    import faust
+    import typer
+    from fastapi import APIRouter
+
+    from agents.batching import Folder, StateCodec
+    from projections.readmodel import ReadModel
+
+BUILTIN_PACKAGE = "streams.domains"  # found at run time: the registry imports no domain
+
+
+class DomainError(RuntimeError):
+    """A domain declaration that cannot be loaded or clashes with another."""
+
+
+class EffectWorker(Protocol):
+    """Runs the side effects a domain's events ask for; results come back as events."""
+
+    effect_types: frozenset[str]
+    # Effects that must never run twice (a send reaches a person); a started one is recorded in the ledger.
+    not_repeatable: frozenset[str]
+
+    async def run(self, envelope: Envelope) -> list[Envelope]: ...
+
+    def unknown_outcome(self, envelope: Envelope) -> list[Envelope]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Domain:
+    """Everything Baton needs to know about one domain."""
+
+    name: str
+    catalog: EventCatalog
+    folder: Callable[[Settings], Folder]
+    # The worker's table of states (key = stream id); its changelog is what the projector reads.
+    state_table: str
+    state_codec: StateCodec
+    read_models: tuple[ReadModel, ...] = ()
+    migrations: Path | None = None
+    routers: Callable[[], Sequence[APIRouter]] = field(default=lambda: ())
+    effects: Callable[[Settings], EffectWorker] | None = None
+    # Extra worker-side agents or timers (e.g. one publishing tick events): called with the worker's app.
+    agents: Callable[[faust.App, Settings], None] | None = None
+    # Adds the domain's commands (or command groups) to the `baton` CLI.
+    commands: Callable[[typer.Typer], None] | None = None
+    # The domain's page of the web console: an ES module exporting `{title, render(root, console)}`.
+    console_page: Path | None = None
+    # The domain's own settings (a pydantic BaseSettings class), read once per process with streams.settings.loaded.
+    settings: type | None = None
+
+    def rows_of(self, state: Any) -> list[tuple[ReadModel, tuple]]:
+        """Each read model's rows for one state, as the projector and replay write them."""
+        return [(model, row) for model in self.read_models for row in model.rows_of(state)]
+
+    @property
+    def ledger_table(self) -> str | None:
+        """The effect ledger's table, when the domain has effects."""
+        return f"{self.name}-ledger" if self.effects is not None else None
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The worker's tables of this domain, co-partitioned with its topic."""
+        return (self.state_table,) + ((self.ledger_table,) if self.ledger_table else ())
+
+
+def load_domains(settings: Settings | None = None) -> tuple[Domain, ...]:
+    """The built-in domains and the configured extra ones, loaded once per process."""
+    settings = settings or get_settings()
+    extra = tuple(path.strip() for path in settings.extra_domains.split(",") if path.strip())
+    return _load((*builtin_domains(), *extra))
+
+
+@cache
+def builtin_domains() -> tuple[str, ...]:
+    """`module:DOMAIN` of every package in streams/domains/."""
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    return tuple(f"{BUILTIN_PACKAGE}.{module.name}:DOMAIN"
+                 for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name))
+
+
+@cache
+def _load(paths: tuple[str, ...]) -> tuple[Domain, ...]:
+    domains: dict[str, Domain] = {}
+    tables: dict[str, str] = {}
+    for path in dict.fromkeys(paths):
+        domain = _import(path)
+        if domain.name in domains:
+            raise DomainError(f"domain {domain.name!r} is declared twice ({path})")
+        if domain.catalog.domain != domain.name:
+            raise DomainError(f"domain {domain.name!r} declares the catalog of {domain.catalog.domain!r}")
+        for table in domain.tables:
+            if table in tables:
+                raise DomainError(f"table {table!r} of {domain.name!r} is already {tables[table]!r}'s")
+            tables[table] = domain.name
+        domains[domain.name] = domain
+    return tuple(domains.values())
+
+
+def _import(path: str) -> Domain:
+    module_name, _, attribute = path.partition(":")
+    try:
+        domain = getattr(importlib.import_module(module_name), attribute or "DOMAIN")
+    except (ImportError, AttributeError) as exc:
+        raise DomainError(f"cannot load domain {path!r}: {exc}") from None
+    if not isinstance(domain, Domain):
+        raise DomainError(f"{path!r} is a {type(domain).__name__}, not a Domain")
+    return domain
+
+
+def domain_of_topic(settings: Settings) -> dict[str, Domain]:
+    """Each domain by its topic name."""
+    return {settings.topic(d.name): d for d in load_domains(settings)}
+
+
+def migration_sources(settings: Settings | None = None) -> list[tuple[str, Path]]:
+    """(domain, directory) of every registered domain that has read-model migrations."""
+    return [(d.name, d.migrations) for d in load_domains(settings) if d.migrations is not None]
