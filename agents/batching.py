@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from agents.errors import AgentError
 from schemas import DecodeError, Envelope, decode, stream_id_for
 
 S = TypeVar("S")
@@ -24,7 +25,7 @@ class Record:
     value: bytes | None
 
 
-class BadRecord(ValueError):
+class BadRecord(AgentError, ValueError):
     """A record holding no valid envelope for its key; the message is the dead-letter reason."""
 
 

@@ -15,12 +15,13 @@ import anthropic
 import httpx2
 import msgspec
 
+from agents.errors import AgentError
 from schemas import Envelope, emitted
 from schemas.costs import LlmCallRecorded
 from streams.settings import ModelPrice, Settings
 
 
-class LlmError(Exception):
+class LlmError(AgentError):
     """A model call that gave no usable answer (API error, timeout, refusal to parse)."""
 
 

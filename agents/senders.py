@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import httpx
 import structlog
 
+from agents.errors import AgentError
 from agents.tenants import Tenant
 from streams.settings import Settings
 
@@ -38,7 +39,7 @@ RETRY_BASE_S = 0.5
 RETRY_MAX_S = 30.0
 
 
-class SendError(Exception):
+class SendError(AgentError):
     """A reply could not be sent; reason says why (it goes into ReplyFailed)."""
 
     outcome_unknown = False
@@ -74,7 +75,7 @@ class LogSender:
         return message_id
 
 
-class _Transient(Exception):
+class _Transient(AgentError):
     """One attempt failed in a way that cannot have sent the message; retry after `delay_s` (None: backoff)."""
 
     def __init__(self, reason: str, delay_s: float | None = None, min_delay_s: float = 0.0) -> None:

@@ -26,10 +26,10 @@ from streams.topics import key_partition, misplaced
 LEDGER_SIZE = 512
 log_ = logging.getLogger(__name__)
 _ledger_decoder = msgspec.json.Decoder(list[str])
-_logs: dict[int, _Log] = {}  # one per app, shared by its agents
+_logs: dict[int, WorkerLog] = {}  # one per app, shared by its agents
 
 
-class _Log:
+class WorkerLog:
     """Sends events and dead letters, each envelope to its own domain's topic under its key.
 
     Its own producer batches whatever is sent while a request is in flight (Faust's producer writes one record
@@ -100,6 +100,11 @@ def _actor(record: Record) -> str:
         return "undecodable"
 
 
+def worker_log(app: faust.App, settings: Settings) -> WorkerLog:
+    """The app's one producer of events and dead letters, shared by every agent and timer of the worker."""
+    return _logs.setdefault(id(app), WorkerLog(settings))
+
+
 def register_domain(app: faust.App, settings: Settings, domain: Domain,
                     on_fold: Callable[[int], None] | None = None) -> None:
     """Attach the domain's fold agent (and effect agent, when it has effects) and tables to the app.
@@ -107,7 +112,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
     on_fold(n) observes each folded batch of n records.
     """
     topic = domain_topic(app, settings, domain.name)
-    log = _logs.setdefault(id(app), _Log(settings))
+    log = worker_log(app, settings)
     states = raw_table(app, settings, domain.state_table)
     folder = domain.folder(settings)
     codec = domain.state_codec
@@ -191,7 +196,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
         _register_effects(app, settings, domain, topic, log)
 
 
-def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: _Log) -> None:
+def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: WorkerLog) -> None:
     effects = domain.effects(settings)  # type: ignore[misc]
     ledger = raw_table(app, settings, domain.ledger_table)  # type: ignore[arg-type]
 

@@ -8,10 +8,11 @@ from typing import Annotated
 
 import msgspec
 
+from agents.errors import AgentError
 from schemas.errors import locate
 
 
-class TenantsError(ValueError):
+class TenantsError(AgentError, ValueError):
     """The tenants file, or a file it names, is missing or malformed."""
 
 

@@ -10,11 +10,13 @@ from zoneinfo import ZoneInfo
 
 import tzdata
 
+from agents.errors import AgentError
+
 TZ_VERSION: str = tzdata.IANA_VERSION
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$")
 
 
-class UnknownZone(ValueError):
+class UnknownZone(AgentError, ValueError):
     """Not an IANA zone of the tz database Baton ships with."""
 
 

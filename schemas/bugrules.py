@@ -6,6 +6,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from schemas.errors import SchemaError
+
 # Events that name no rules version are grouped by this one. It never changes (replay must regroup old
 # events the same way); a tenant moves to another version with `baton bugs regroup --rules N --apply`.
 DEFAULT_RULES_VERSION = 1
@@ -84,7 +86,7 @@ RULES: dict[int, Rules] = {
 }
 
 
-class UnknownRules(ValueError):
+class UnknownRules(SchemaError, ValueError):
     """A rules version that does not exist."""
 
 

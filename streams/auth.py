@@ -17,6 +17,7 @@ import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from streams.errors import StreamsError
 from streams.ratelimit import TokenBucket, rate_limited
 from streams.settings import Settings
 
@@ -38,7 +39,7 @@ class Caller(NamedTuple):
     agent: bool = False
 
 
-class TokenRejected(Exception):
+class TokenRejected(StreamsError):
     """A token that grants nothing; the message says why without repeating the token."""
 
 

@@ -10,13 +10,14 @@ from typing import Literal
 import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from streams.errors import StreamsError
 from streams.settings import Settings
 from streams.topics import log_end_offsets, topic_partitions
 
 Encoding = Literal["utf-8", "base64"]
 
 
-class DeadLetterError(ValueError):
+class DeadLetterError(StreamsError, ValueError):
     """Bytes on the dead-letter topic that are not a dead-letter record."""
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import psycopg
 
+from streams.errors import StreamsError
 
-class EmbeddedError(RuntimeError):
+
+class EmbeddedError(StreamsError, RuntimeError):
     """An embedded service could not be started."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Self
 
 from streams.embedded import die_with_parent, free_port, stop_process
+from streams.errors import StreamsError
 
 POM = Path(__file__).with_name("local_kafka.pom.xml")
 KAFKA_VERSION = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text()).group(1)  # type: ignore[union-attr]
@@ -54,7 +55,7 @@ logger.started.level = INFO
 """
 
 
-class LocalKafkaError(RuntimeError):
+class LocalKafkaError(StreamsError, RuntimeError):
     """Apache Kafka could not be set up or started here; the message names the cause and the remedy."""
 
 

@@ -23,14 +23,15 @@ from schemas import (
     registration_of,
     stream_id_for,
 )
+from streams.errors import StreamsError
 from streams.settings import Settings
 
 
-class PublishError(RuntimeError):
+class PublishError(StreamsError, RuntimeError):
     """The broker did not acknowledge every event of a publish call."""
 
 
-class EventTooLarge(ValueError):
+class EventTooLarge(StreamsError, ValueError):
     """An event larger than the producer or the broker takes: no retry can succeed (the API answers 413).
 
     Deliberately not a PublishError, which callers answer with "retry"; events before it may have been sent.
@@ -40,7 +41,7 @@ class EventTooLarge(ValueError):
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
-class InvalidEnvelope(ValueError):
+class InvalidEnvelope(StreamsError, ValueError):
     """An envelope whose stream id or type does not follow from its payload; nothing was published."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas import Envelope, EventCatalog
+from streams.errors import StreamsError
 from streams.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # the registry sits below every domain: it imports none of their layers at run time
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # the registry sits below every domain: it imports none of th
 BUILTIN_PACKAGE = "streams.domains"  # found at run time: the registry imports no domain
 
 
-class DomainError(RuntimeError):
+class DomainError(StreamsError, RuntimeError):
     """A domain declaration that cannot be loaded or clashes with another."""
 
 

@@ -25,6 +25,7 @@ from streams.embedded import (
     die_with_parent,
     free_port,
 )
+from streams.errors import StreamsError
 from streams.local_kafka import LocalKafka
 from streams.settings import Settings, settings_env
 
@@ -33,7 +34,7 @@ BROKERS = ("embedded", "kafka")  # what `baton dev --broker` starts where KAFKA_
 EXIT_ADDRESS_IN_USE = 75  # `baton api` exits with this code when its port is taken (EX_TEMPFAIL)
 
 
-class RuntimeFailure(RuntimeError):
+class RuntimeFailure(StreamsError, RuntimeError):
     """A process of the group failed to start or died."""
 
 

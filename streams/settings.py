@@ -10,6 +10,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.errors import StreamsError
+
 # Public development secrets: `baton dev` runs with them; every process outside development refuses them.
 DEV_JWT_SECRET = "baton-dev-secret-change-me-0123456789"
 DEV_WHATSAPP_APP_SECRET = "baton-dev-app-secret"
@@ -18,7 +20,7 @@ MIN_SECRET_BYTES = 32
 GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
-class InsecureSettings(RuntimeError):
+class InsecureSettings(StreamsError, RuntimeError):
     """A production process was configured with a missing, public or short secret."""
 
 

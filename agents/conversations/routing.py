@@ -10,6 +10,7 @@ import re
 import unicodedata
 from typing import NamedTuple
 
+from agents.errors import AgentError
 from agents.llm import Completion, LlmClient, LlmError
 from schemas.conversations import LANES, Lane
 
@@ -99,7 +100,7 @@ MAX_INPUT_CHARS = 2000
 _FIRST_WORD = re.compile(r"[a-z]+")
 
 
-class RoutingError(Exception):
+class RoutingError(AgentError):
     """The model gave no usable lane (API error, timeout, or an unparseable answer).
 
     `completion` is the call's answer when there was one (an unparseable answer still cost its tokens).

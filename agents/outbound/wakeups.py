@@ -62,14 +62,14 @@ def due_ticks(wakeups: Iterable[tuple[bytes, bytes]], now: datetime, published: 
 def register_wakeups(app: faust.App, settings: Settings) -> None:
     """Worker-side wake-up timer: keeps each local user's next wake-up in a table co-partitioned with the topic
     (from the fold's `outbound.wakeup.scheduled` events) and publishes a tick for every one that is due."""
+    from agents.streaming import worker_log
     from streams.app import domain_topic, raw_table
-    from streams.publisher import Publisher
 
     options = loaded(OutboundSettings)
     topic = domain_topic(app, settings, "outbound")
     wakeups = raw_table(app, settings, WAKEUPS_TABLE)
     published: dict[bytes, tuple[datetime, float]] = {}
-    publisher: list[Publisher] = []
+    log = worker_log(app, settings)
 
     @app.agent(topic, concurrency=1, name="outbound.wakeups")
     async def track_wakeups(stream: faust.StreamT) -> None:
@@ -101,10 +101,8 @@ def register_wakeups(app: faust.App, settings: Settings) -> None:
                           time.monotonic())
         if not ticks:
             return
-        if not publisher:
-            publisher.append(await Publisher(settings).start())
         try:
-            await publisher[0].publish(ticks)
+            await log.publish(ticks)
         except Exception as exc:  # noqa: BLE001 - the next round publishes them again
             log.warning("outbound.ticks_not_published", count=len(ticks), reason=str(exc))
             for tick in ticks:

@@ -18,6 +18,7 @@ import jmespath
 import jsonschema
 import msgspec
 
+from agents.errors import AgentError
 from agents.llm import Usage, cost_usd, price_of
 from schemas import UnknownEventType, registration
 from schemas.steps import Plan, Savings, StepApproved
@@ -35,7 +36,7 @@ SYSTEM_PROMPTS = {
 }
 
 
-class StepError(Exception):
+class StepError(AgentError):
     """A handler could not run its step (bad spec, invalid data, missing field)."""
 
 

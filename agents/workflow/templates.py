@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from agents.errors import AgentError
+
 if TYPE_CHECKING:
     from agents.workflow.config import WorkflowSettings
 
@@ -27,7 +29,7 @@ PhaseName = Annotated[str, StringConstraints(pattern=_PHASE_NAME.pattern)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
-class TemplateError(ValueError):
+class TemplateError(AgentError, ValueError):
     """A workflow template that cannot be used; the message names the file, the phase and the key."""
 
 

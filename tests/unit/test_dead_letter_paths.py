@@ -86,7 +86,7 @@ def test_a_record_keyed_to_another_contacts_stream_is_dead_lettered_before_the_f
     assert dict(result.writes)[ana.stream_id].messages_received == 1
 
 
-class RecordingLog(streaming._Log):
+class RecordingLog(streaming.WorkerLog):
     """The worker's log, recording what it would send instead of sending it."""
 
     def __init__(self, settings: Settings) -> None:

@@ -26,6 +26,7 @@ from schemas.conversations import (
 )
 from schemas.errors import locate
 from streams.edge import check_json, raw_body
+from streams.errors import StreamsError
 from streams.ingest import JsonBody, parse_json, publish
 from streams.ratelimit import TokenBucket, rate_limited
 from streams.settings import Settings
@@ -37,7 +38,7 @@ _WITH_BODY: frozenset[str] = MEDIA_TYPES | {"text", "button", "interactive", "lo
 DELIVERY_STATUSES: frozenset[str] = frozenset(get_args(DeliveryStatus))
 
 
-class WebhookError(ValueError):
+class WebhookError(StreamsError, ValueError):
     """A webhook body that is not a well-formed WhatsApp Cloud API delivery."""
 
 

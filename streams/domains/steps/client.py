@@ -7,8 +7,10 @@ from typing import Any
 
 import httpx
 
+from streams.errors import StreamsError
 
-class StepsApiError(RuntimeError):
+
+class StepsApiError(StreamsError, RuntimeError):
     """Baton refused a request or could not be reached; the message has the status and Baton's reason."""
 
 
