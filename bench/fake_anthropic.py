@@ -1,7 +1,7 @@
 """A local fake of Anthropic's Messages API for bench/steps.py: a real HTTP server the real `anthropic` client
 talks to, answering every message with one fixed reply.
 
-A trimmed copy of tests/fake_anthropic.py (bench does not import tests): the same token count (words and
+A trimmed copy of tests/fixtures/anthropic.py (bench does not import tests): the same token count (words and
 punctuation marks) and the same prompt-cache usage (a system prompt marked with `cache_control` is written to
 the cache on its first use and read from it afterwards), without the tests' request log and custom responders.
 """

@@ -18,9 +18,6 @@ from streams.runtime import Runtime
 from streams.settings import Settings
 
 # Re-exported for modules written before tests/fixtures: import them from there.
-from tests.fixtures.pipeline import produce_records  # noqa: F401
-from tests.fixtures.runtime import module_runtime  # noqa: F401
-from tests.fixtures.waiting import eventually  # noqa: F401
 
 
 @pytest.fixture

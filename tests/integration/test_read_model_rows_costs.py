@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
 
 from projections.costs.readmodels import LLM_COSTS
-from schemas import new_event
 from schemas.costs import LlmCallRecorded
-from streams.registry import load_domains
-from streams.settings import Settings
+from tests.fixtures.folds import states_after
 
 pytestmark = pytest.mark.integration
 
@@ -21,14 +18,7 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 def fold_calls(calls: list[LlmCallRecorded]) -> list:
     """The cost day after each call, folded with the domain's own folder."""
-    (domain,) = [d for d in load_domains() if d.name == "costs"]
-    folder = domain.folder(Settings())
-    state, states = None, []
-    for payload in calls:
-        envelope = new_event("acme", payload, event_id=uuid.uuid4(), occurred_at=T0, recorded_at=T0, actor="test")
-        state, _ = folder.fold(state, envelope, folder.config)
-        states.append(state)
-    return states
+    return states_after("costs", [(T0, call, None) for call in calls])
 
 
 def call(**fields) -> LlmCallRecorded:

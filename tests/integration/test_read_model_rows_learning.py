@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from projections.learning.readmodels import LEARNERS, SESSIONS, SIGNALS
-from schemas import Payload, new_event
+from schemas import Payload
 from schemas.learning import (
     DayCompleted,
     DayPlanned,
@@ -21,8 +21,7 @@ from schemas.learning import (
     PlanSummary,
     SignalFetched,
 )
-from streams.registry import load_domains
-from streams.settings import Settings
+from tests.fixtures.folds import states_after
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +44,6 @@ def planned(session_id: uuid.UUID, day: int, topic: str, title: str, degraded: b
 
 def story() -> dict[str, object]:
     """The learner's state after each named event, folded with the domain's own folder."""
-    (domain,) = [d for d in load_domains() if d.name == "learning"]
-    folder = domain.folder(Settings())
     events: list[tuple[str, str, Payload, uuid.UUID | None]] = [
         ("intent", "2026-03-02 07:00", IntentSynced(learner="lea", intent=IntentSnapshot(
             intent_id=INTENT, topic="Rust ownership", depth="deep", end_goal="give a borrow checker talk",
@@ -65,13 +62,8 @@ def story() -> dict[str, object]:
             from_cache=True, validated_at=utc("2026-03-03 08:00")), None),
         ("planned_2", "2026-03-03 12:00", planned(S2, 3, "Lifetimes", "Lifetimes in practice", True), P2),
     ]
-    state, states = None, {}
-    for n, (name, when, payload, event_id) in enumerate(events):
-        envelope = new_event("acme", payload, event_id=event_id or uuid.UUID(int=1000 + n), occurred_at=utc(when),
-                             recorded_at=utc(when), actor="test")
-        state, _ = folder.fold(state, envelope, folder.config)
-        states[name] = state
-    return states
+    states = states_after("learning", [(utc(when), payload, event_id) for _, when, payload, event_id in events])
+    return dict(zip((name for name, *_ in events), states, strict=True))
 
 
 async def test_learning_learners_columns_by_name(project_rows) -> None:

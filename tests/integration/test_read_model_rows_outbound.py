@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from projections.outbound.readmodels import BUDGETS, MESSAGES, USERS
-from schemas import Payload, new_event
+from schemas import Payload
 from schemas.outbound import (
     MessageData,
     MessageQueued,
@@ -24,8 +24,7 @@ from schemas.outbound import (
     UserActive,
     UserTicked,
 )
-from streams.registry import load_domains
-from streams.settings import Settings
+from tests.fixtures.folds import states_after
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +39,6 @@ def utc(text: str) -> datetime:
 
 def story() -> dict[str, object]:
     """The user's state after each named step, folded with the domain's own folder."""
-    (domain,) = [d for d in load_domains() if d.name == "outbound"]
-    folder = domain.folder(Settings())
     events: list[tuple[str, str, Payload, uuid.UUID | None]] = [
         ("prefs", "2026-03-02 08:00", PreferencesUpdated(
             user_id="u1", timezone="Europe/Madrid", quiet_hours=QuietHours(start="21:30", end="07:15"),
@@ -68,13 +65,8 @@ def story() -> dict[str, object]:
         ("sent_b", "2026-03-03 06:25", MessageSent(
             user_id="u1", message_id=B, attempt=1, whatsapp_message_id="wamid.out.b", sender="fake"), None),
     ]
-    state, states = None, {}
-    for n, (name, when, payload, event_id) in enumerate(events):
-        envelope = new_event("acme", payload, event_id=event_id or uuid.UUID(int=1000 + n), occurred_at=utc(when),
-                             recorded_at=utc(when), actor="test")
-        state, _ = folder.fold(state, envelope, folder.config)
-        states[name] = state
-    return states
+    states = states_after("outbound", [(utc(when), payload, event_id) for _, when, payload, event_id in events])
+    return dict(zip((name for name, *_ in events), states, strict=True))
 
 
 async def test_outbound_messages_columns_by_name(project_rows) -> None:

@@ -5,13 +5,12 @@ Tenant acme lives in Madrid (UTC+1 in March), so its budget day of 2026-03-01 23
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, date, datetime
 
 import pytest
 
 from projections.steps.readmodels import BUDGET_DAYS, EXECUTIONS, TENANTS
-from schemas import Payload, new_event
+from schemas import Payload
 from schemas.steps import (
     BudgetSet,
     ExecutionInitialised,
@@ -26,8 +25,7 @@ from schemas.steps import (
     StepFailed,
     StepSpec,
 )
-from streams.registry import load_domains
-from streams.settings import Settings
+from tests.fixtures.folds import states_after
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +36,7 @@ def utc(hhmm: str) -> datetime:
 
 def fold_all(events: list[tuple[str, Payload]]) -> list:
     """The state after each event (one stream), folded with the domain's own folder."""
-    (domain,) = [d for d in load_domains() if d.name == "steps"]
-    folder = domain.folder(Settings())
-    state, states = None, []
-    for when, payload in events:
-        envelope = new_event("acme", payload, event_id=uuid.uuid4(), occurred_at=utc(when), recorded_at=utc(when),
-                             actor="test")
-        state, _ = folder.fold(state, envelope, folder.config)
-        states.append(state)
-    return states
+    return states_after("steps", [(utc(when), payload, None) for when, payload in events])
 
 
 def budget_story() -> list:

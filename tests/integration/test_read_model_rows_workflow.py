@@ -7,13 +7,12 @@ sessions, a passed gate, an overridden one, a refused request, an artifact, a co
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 
 from projections.workflow.readmodels import BUG_RULES, BUGS, SESSIONS, SPRINTS, TASKS
-from schemas import Payload, new_event
+from schemas import Payload
 from schemas.workflow import (
     ArtifactRecorded,
     BugLogged,
@@ -28,8 +27,7 @@ from schemas.workflow import (
     TaskCreated,
     TaskUpdated,
 )
-from streams.registry import load_domains
-from streams.settings import Settings
+from tests.fixtures.folds import states_after
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +41,7 @@ def utc(hhmm: str, day: int = 2) -> datetime:
 
 def fold_all(events: list[tuple[str, Payload]]) -> list:
     """The state after each event (one stream), folded with the domain's own folder; actor `ana`."""
-    (domain,) = [d for d in load_domains() if d.name == "workflow"]
-    folder = domain.folder(Settings())
-    state, states = None, []
-    for when, payload in events:
-        envelope = new_event("acme", payload, event_id=uuid.uuid4(), occurred_at=utc(when), recorded_at=utc(when),
-                             actor="ana")
-        state, _ = folder.fold(state, envelope, folder.config)
-        states.append(state)
-    return states
+    return states_after("workflow", [(utc(when), payload, None) for when, payload in events], actor="ana")
 
 
 def task_story() -> list:

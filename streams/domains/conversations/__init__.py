@@ -10,27 +10,16 @@ from agents.conversations.config import (
 from agents.conversations.fold import CODEC
 from projections import conversations as read_side
 from projections.conversations.readmodels import SESSIONS
+from projections.conversations.routes import query_router
 from schemas.conversations import CATALOG
+from streams.domains.conversations.webhook import webhook_router
 from streams.registry import Domain
 
 
-def _routers() -> tuple:
-    from projections.conversations.routes import query_router
-    from streams.domains.conversations.webhook import webhook_router
-
-    return (webhook_router(), query_router())
-
-
 DOMAIN = Domain(
-    name="conversations",
-    catalog=CATALOG,
-    folder=conversation_folder,
-    state_table="sessions",
-    state_codec=CODEC,
-    read_models=(SESSIONS,),
-    migrations=read_side.MIGRATIONS,
-    routers=_routers,
+    name="conversations", catalog=CATALOG, settings=ConversationsSettings,
+    folder=conversation_folder, state_table="sessions", state_codec=CODEC,
     effects=build_effects,
-    console_page=read_side.CONSOLE_PAGE,
-    settings=ConversationsSettings,
+    read_models=(SESSIONS,), migrations=read_side.MIGRATIONS, console_page=read_side.CONSOLE_PAGE,
+    routers=lambda: (webhook_router(), query_router()),
 )

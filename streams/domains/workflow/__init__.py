@@ -6,33 +6,16 @@ from agents.workflow.config import WorkflowSettings, workflow_folder
 from agents.workflow.fold import CODEC
 from projections import workflow as read_side
 from projections.workflow.readmodels import READ_MODELS
+from projections.workflow.routes import query_router
 from schemas.workflow import CATALOG
+from streams.domains.workflow.cli import add_commands
+from streams.domains.workflow.commands import command_router
 from streams.registry import Domain
 
 
-def _routers() -> tuple:
-    from projections.workflow.routes import query_router
-    from streams.domains.workflow.commands import command_router
-
-    return (command_router(), query_router())
-
-
-def _commands(cli: object) -> None:
-    from streams.domains.workflow.cli import add_commands
-
-    add_commands(cli)
-
-
 DOMAIN = Domain(
-    name="workflow",
-    catalog=CATALOG,
-    folder=workflow_folder,
-    state_table="workflow-states",
-    state_codec=CODEC,
-    read_models=READ_MODELS,
-    migrations=read_side.MIGRATIONS,
-    routers=_routers,
-    commands=_commands,
-    console_page=read_side.CONSOLE_PAGE,
-    settings=WorkflowSettings,
+    name="workflow", catalog=CATALOG, settings=WorkflowSettings,
+    folder=workflow_folder, state_table="workflow-states", state_codec=CODEC,
+    read_models=READ_MODELS, migrations=read_side.MIGRATIONS, console_page=read_side.CONSOLE_PAGE,
+    routers=lambda: (command_router(), query_router()), commands=add_commands,
 )
