@@ -1,4 +1,4 @@
-"""Fold a batch of records with one table write per key (plus one at each session boundary)."""
+"""Fold a batch of records with one table write per key (plus one for each state a domain says an event ends)."""
 
 from __future__ import annotations
 
@@ -145,7 +145,8 @@ def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folde
             states[key] = state
             continue
         if (key in changed or key in unwritten) and state is not None and any(folder.ends_state(e) for e in emitted):
-            # The changelog must hold the final state of every session, so write it before it is replaced.
+            # The changelog must hold every state an event ends (a conversation's session): write it before it is
+            # replaced.
             result.writes.append((key, state))
         states[key] = None if new_state is None else msgspec.structs.replace(new_state, log_offset=record.offset)
         changed.add(key)

@@ -176,7 +176,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
                 if last[key] == i:
                     unwritten[key] = (partitions.get(key.encode(), -1), state)
                 else:
-                    write(key, state)  # a state the batch ends (a session's last) goes to the changelog as is
+                    write(key, state)  # a state an event ended goes to the changelog as is
             metrics.FOLDED.labels(domain.name).inc(len(events))
             if on_fold is not None:
                 on_fold(len(events))

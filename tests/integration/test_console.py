@@ -79,7 +79,7 @@ def test_console_shows_conversations_costs_trace_and_system_pages(console_runtim
                                 [(b"conversation:acme:x", json.dumps({"type": "conversation.bogus",
                                                                       "tenant_id": "acme"}).encode())]))
 
-    wait = WebDriverWait(browser, 20)
+    wait = WebDriverWait(browser, 60)
     browser.get(f"{console_runtime.api_url}/console")
     wait.until(until.visibility_of_element_located((By.ID, "token"))).send_keys(service)
     browser.find_element(By.CSS_SELECTOR, "#sign-in button").click()
@@ -190,7 +190,7 @@ def test_domain_pages_show_the_queue_trail_board_audit_bugs_and_savings(runtime:
         eventually(lambda: (r := api.get("/v1/executions/exe-console")).status_code == 200
                    and r.json()["status"] not in ("running", "started"), "the execution finished")
 
-    wait = WebDriverWait(browser, 20)
+    wait = WebDriverWait(browser, 60)
     browser.get(f"{runtime.api_url}/console")
     wait.until(until.visibility_of_element_located((By.ID, "token"))).send_keys(service)
     browser.find_element(By.CSS_SELECTOR, "#sign-in button").click()
