@@ -1,4 +1,4 @@
-"""A domain registered from outside the spine (tests/tally.py) is folded, projected, queried and verified."""
+"""A domain registered from outside the spine (tests/tally/) is folded, projected, queried and verified."""
 
 from __future__ import annotations
 
