@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.batching import Folder
-from agents.workflow.templates import DEFAULT_TEMPLATE, load_templates
+from agents.workflow.templates import DEFAULT_TEMPLATE, Templates, load_templates
 from streams.settings import loaded
+
+if TYPE_CHECKING:
+    from agents.workflow.fold import FoldConfig
 
 
 class WorkflowSettings(BaseSettings):
@@ -31,12 +35,20 @@ class WorkflowSettings(BaseSettings):
     decision_timeout_s: float = Field(10.0, gt=0)
 
 
+def fold_config(settings: WorkflowSettings, templates: Templates | None = None, *,
+                allow_phase_skip: bool | None = None, allow_user_override: bool | None = None) -> FoldConfig:
+    """The fold's configuration from the settings; `templates` and the flags given replace theirs (what-if)."""
+    from agents.workflow.fold import FoldConfig
+
+    return FoldConfig(
+        templates=templates if templates is not None else load_templates(settings),
+        allow_phase_skip=settings.allow_phase_skip if allow_phase_skip is None else allow_phase_skip,
+        allow_user_override=settings.allow_user_override if allow_user_override is None else allow_user_override,
+    )
+
+
 def workflow_folder(_settings: object) -> Folder:
     """The workflow fold configured from the environment (BATON_WORKFLOW_*)."""
-    from agents.workflow.fold import FoldConfig, fold
+    from agents.workflow.fold import fold
 
-    settings = loaded(WorkflowSettings)
-    return Folder(fold=fold, config=FoldConfig(
-        templates=load_templates(settings), allow_phase_skip=settings.allow_phase_skip,
-        allow_user_override=settings.allow_user_override,
-    ))
+    return Folder(fold=fold, config=fold_config(loaded(WorkflowSettings)))

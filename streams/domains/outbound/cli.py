@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date, datetime, time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from schemas.outbound import QuietHours
 from streams.settings import loaded
+
+_OPTION = {"active_window_minutes": "--active-window"}
+
+
+def simulation_overrides(policy_file: Path | None, **options: object) -> dict[str, Any]:
+    """The fold-config overrides of `baton outbound simulate`: the policy file's, then the options given (keys of
+    agents.outbound.simulate.POLICY_KEYS), which win. PolicyError (a ValueError) names the file or option and key."""
+    from agents.outbound.simulate import policy_overrides, read_policy
+
+    overrides = policy_overrides(read_policy(policy_file), str(policy_file)) if policy_file is not None else {}
+    for key, value in options.items():
+        if value is not None:
+            overrides |= policy_overrides({key: value}, _OPTION.get(key, f"--{key.replace('_', '-')}"))
+    return overrides
 
 
 def add_commands(cli: typer.Typer) -> None:
@@ -22,6 +36,9 @@ def add_commands(cli: typer.Typer) -> None:
 
     @group.command()
     def simulate(
+        policy: Annotated[Path | None, typer.Option(
+            help="The policy to try: a TOML (or .json) file with daily_limit, quiet_hours, active_window_minutes, "
+                 "max_deferral_hours, default_timezone; the options below win over it.")] = None,
         daily_limit: Annotated[int | None, typer.Option(min=0, help="Daily limit for every user.")] = None,
         quiet_hours: Annotated[str | None, typer.Option(help="Quiet hours for every user, HH:MM-HH:MM.")] = None,
         active_window: Annotated[float | None, typer.Option(min=0, help="Active window, minutes.")] = None,
@@ -29,29 +46,19 @@ def add_commands(cli: typer.Typer) -> None:
         show: Annotated[int, typer.Option(min=0, help="Changed messages listed at most.")] = 20,
     ) -> None:
         """Re-fold the outbound log under another policy (no network, no sends) and show how decisions differ."""
-        from datetime import timedelta
-
         from agents.outbound.config import OutboundSettings
-        from agents.outbound.fold import parse_hhmm
         from agents.outbound.simulate import simulate as run_simulation
-        from streams.domains.outbound.commands import read_outbound_log
+        from streams.logs import read_domain_log
 
-        overrides: dict = {}
         try:
-            if daily_limit is not None:
-                overrides["daily_limit_override"] = daily_limit
-            if quiet_hours is not None:
-                start, _, end = quiet_hours.partition("-")
-                parse_hhmm(start), parse_hhmm(end)
-                overrides["quiet_hours_override"] = QuietHours(start=start, end=end)
-            if active_window is not None:
-                overrides["active_window"] = timedelta(minutes=active_window)
+            overrides = simulation_overrides(policy, daily_limit=daily_limit, quiet_hours=quiet_hours,
+                                             active_window_minutes=active_window)
             after = datetime.combine(date.fromisoformat(since), time(0), UTC) if since else None
         except ValueError as exc:
-            err_console.print(f"[red]{exc}[/red]")
+            err_console.print(str(exc), style="red", markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
         settings = connected_settings(database=False)
-        envelopes = asyncio.run(read_outbound_log(settings))
+        envelopes = asyncio.run(read_domain_log(settings, "outbound"))
         result = run_simulation(envelopes, loaded(OutboundSettings).fold_config(**overrides))
         before, simulated = result.counts(after)
         table = Table("outcome", "reason", "before", "after", "change",

@@ -24,7 +24,6 @@ from schemas.outbound import (
 from streams.auth import Tenant
 from streams.ingest import publish
 from streams.publisher import Publisher
-from streams.settings import Settings
 
 Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s/]+$")]
 
@@ -183,39 +182,3 @@ def command_router() -> APIRouter:
 
     return router
 
-
-async def read_outbound_log(settings: Settings) -> list[Envelope]:
-    """Every decodable event of the outbound topic up to its end at start, in log order per partition."""
-    from aiokafka import TopicPartition
-
-    from agents.batching import BadRecord, envelope_of
-    from projections.projector import assigned_consumer
-    from streams.topics import ensure_topics, log_end_offsets
-
-    await ensure_topics(settings)
-    topic = settings.topic("outbound")
-    consumer = await assigned_consumer(settings, [topic], f"{settings.app_id}-outbound-simulate")
-    try:
-        tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
-        ends = await log_end_offsets(settings, tps)
-        await consumer.seek_to_beginning(*tps)
-        envelopes: list[Envelope] = []
-        pending: set[TopicPartition] = {tp for tp in tps if ends[tp] > 0}
-        for tp in list(pending):
-            if await consumer.position(tp) >= ends[tp]:
-                pending.discard(tp)
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=10_000)
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        try:
-                            envelopes.append(envelope_of(record))
-                        except BadRecord:
-                            continue  # dead-lettered by the fold agent
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-        return envelopes
-    finally:
-        await consumer.stop()

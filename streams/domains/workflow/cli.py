@@ -363,10 +363,59 @@ def search(
     console.print(table)
 
 
+workflow_cli = typer.Typer(help="The workflow itself: what-if replay of the phase gates.", no_args_is_help=True)
+
+
+@workflow_cli.command("simulate")
+def workflow_simulate(
+    template: Annotated[Path, typer.Option(help="The candidate template (YAML), for every tenant.")],
+    allow_phase_skip: Annotated[bool | None, typer.Option(
+        "--allow-phase-skip/--no-allow-phase-skip", help="Default: BATON_WORKFLOW_ALLOW_PHASE_SKIP.")] = None,
+    allow_user_override: Annotated[bool | None, typer.Option(
+        "--allow-user-override/--no-allow-user-override", help="Default: BATON_WORKFLOW_ALLOW_USER_OVERRIDE.")] = None,
+    show: Annotated[int, typer.Option(min=0, help="Changed requests listed at most.")] = 20,
+) -> None:
+    """Re-fold the workflow log in memory under a candidate template and show which past phase completions
+    would have been refused or allowed. Nothing is published."""
+    import asyncio
+
+    from agents.workflow.config import WorkflowSettings, fold_config
+    from agents.workflow.simulate import simulate as run_simulation
+    from agents.workflow.templates import TemplateError, Templates, load_template
+    from streams.cli import connected_settings
+    from streams.logs import read_domain_log
+    from streams.settings import loaded
+
+    try:
+        candidate = load_template(template)
+    except TemplateError as exc:
+        # One line, however wide: YAML errors span several.
+        err_console.print(" ".join(str(exc).split()), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    config = fold_config(loaded(WorkflowSettings), Templates(candidate), allow_phase_skip=allow_phase_skip,
+                         allow_user_override=allow_user_override)
+    envelopes = asyncio.run(read_domain_log(connected_settings(database=False), "workflow"))
+    result = run_simulation(envelopes, config)
+    before, after = result.counts()
+    table = Table("outcome", "before", "after", "change",
+                  title=f"workflow simulate: {result.events} events, {len(result.requests)} phase completions")
+    for outcome in sorted(set(before) | set(after)):
+        b, a = before[outcome], after[outcome]
+        table.add_row(outcome, str(b), str(a), f"{a - b:+d}" if a != b else "", style=None if a == b else "yellow")
+    console.print(table)
+    changed = result.changed()
+    listing = Table("at", "task", "phase", "before", "after", title=f"{len(changed)} phase completions change outcome")
+    for change in changed[:show]:
+        shown = change.before or change.after
+        listing.add_row(change.request.occurred_at.isoformat(timespec="seconds"), escape(change.request.task_code),
+                        escape(shown.phase or "-" if shown else "-"), escape(str(change.before or "-")), escape(str(change.after or "-")))
+    console.print(listing if changed else "No phase completion changes outcome.")
+
+
 def add_commands(cli: typer.Typer) -> None:
     """Add the workflow commands to the `baton` CLI."""
     for name, group in (("sprint", sprint_cli), ("task", task_cli), ("phase", phase_cli), ("artifact", artifact_cli),
-                        ("bug", bug_cli), ("bugs", bugs_cli), ("git", git_cli)):
+                        ("bug", bug_cli), ("bugs", bugs_cli), ("git", git_cli), ("workflow", workflow_cli)):
         cli.add_typer(group, name=name)
     cli.command("changes")(changes)
     cli.command("search")(search)
