@@ -174,7 +174,9 @@ def test_search_scopes_ranking_snippets_summary_and_cache(api: httpx.Client) -> 
     # The sprint scope follows the task's sprint in its read model, projected a moment after the events.
     eventually(lambda: {h["task_code"] for h in hits(scope="sprint", id="SPR-9", no_cache=True)["results"]}
                == {"SRCH-1"}, "sprint scope")
-    spanish = api.get("/v1/search", params={"q": "validaciones", "scope": "task", "id": "SRCH-2"}).json()["results"]
+    # The Spanish update may land in the archive's next batch: wait for it, then read what it says.
+    spanish = eventually(lambda: (r := hits("validaciones", scope="task", id="SRCH-2", no_cache=True)["results"])
+                         and r, "the Spanish update archived")
     assert len(spanish) == 1 and "**validación**" in spanish[0]["snippet"]
 
     summary = api.get("/v1/search", params={"scope": "task", "id": "SRCH-1", "summary": True}).json()["summary"]
