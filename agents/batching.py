@@ -64,8 +64,8 @@ class FoldState(msgspec.Struct, kw_only=True):
     """The spine's part of every domain state (folds never touch it).
 
     applied_event_ids: the events the state includes (with the decisions it emitted onto its own stream), so a
-    duplicate on the log changes nothing; log_offset: the offset of the last record folded in, so a redelivered record is
-    skipped before it is decoded.
+    duplicate on the log changes nothing; log_offset: the offset of the last record folded in, so a redelivered
+    record is skipped before it is decoded.
     """
 
     applied_event_ids: list[str] = []

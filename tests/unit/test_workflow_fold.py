@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.batching import Folder
 from agents.workflow.fold import CODEC, FoldConfig, TaskState
 from agents.workflow.fold import fold as workflow_fold
 from agents.workflow.templates import DEFAULT_TEMPLATE, Templates, load_template
@@ -23,6 +22,7 @@ from schemas.workflow import (
     TaskCreated,
     TaskUpdated,
 )
+from tests.fixtures.folds import applied_once
 
 T0 = datetime(2025, 1, 13, 14, 30, 22, tzinfo=UTC)
 HASH = "a" * 64
@@ -30,10 +30,8 @@ FEATURE = ["intake", "research", "plan", "execute", "review", "close"]
 REQUIRED = {"intake": ["TASK.md"], "research": ["CONTEXT.md"], "plan": ["PLAN.md"], "review": ["CHANGES.md"]}
 
 
+fold = applied_once(workflow_fold)  # as the spine applies it: each event once
 
-def fold(state, envelope: Envelope, config: FoldConfig):
-    """The workflow fold as the spine applies it: each event once."""
-    return Folder(workflow_fold, config).apply(state, envelope)
 
 class Task:
     """Drives one stream through the fold, feeding every emitted event back as the log would."""
