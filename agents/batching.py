@@ -95,13 +95,16 @@ class Folder(Generic[S]):
     # What a duplicate does to the state (the conversations fold counts them); None: nothing.
     on_duplicate: Callable[[S, Envelope], S] | None = None
     applied_ids_kept: int = APPLIED_IDS_KEPT
+    # The config under the policy an event is stamped with (streams.policies); `config` decides unstamped events.
+    config_of: Callable[[str], Any] | None = None
 
     def apply(self, state: S | None, envelope: Envelope) -> tuple[S | None, list[Envelope]]:
         """Fold one envelope unless the state already includes its event; record the event as applied."""
         event_id = str(envelope.event_id)
         if state is not None and event_id in state.applied_event_ids:  # type: ignore[attr-defined]
             return (self.on_duplicate(state, envelope) if self.on_duplicate else state), []
-        new_state, emitted = self.fold(state, envelope, self.config)
+        config = self.config if envelope.policy is None or self.config_of is None else self.config_of(envelope.policy)
+        new_state, emitted = self.fold(state, envelope, config)
         if new_state is None or (new_state is state and not emitted):
             return new_state, emitted
         # A decision the fold emits onto its own stream is applied as it is made: its echo is a duplicate.

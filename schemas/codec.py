@@ -53,6 +53,7 @@ class _Header(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: uuid.UUID | None = None
     actor: NonEmpty
     payload: msgspec.Raw
+    policy: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")] | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -201,6 +202,7 @@ def _decode(data: bytes) -> Envelope:
         causation_id=header.causation_id,
         actor=header.actor,
         payload=payload,
+        policy=header.policy,
     )
 
 

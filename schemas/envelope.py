@@ -28,6 +28,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: uuid.UUID | None = None
     actor: str
     payload: Payload
+    # The content hash of the tenant's policy in force where the event entered Baton (schemas.policies): folds
+    # decide with that policy, live and in replay; None (old logs, producers that leave it out): the defaults.
+    policy: str | None = None
 
 
 def source_event_id(tenant_id: str, source: str, source_id: str) -> uuid.UUID:
@@ -64,4 +67,5 @@ def emitted(cause: Envelope, index: int, payload: Payload, *, actor: str,
         causation_id=cause.event_id,
         actor=actor,
         payload=payload,
+        policy=cause.policy,
     )

@@ -197,6 +197,9 @@ as one record:
   "{{tenant_id}}:{{source}}:{{source_id}}")` with your system's name as `source` and the source's own id as
   `source_id` (what `schemas.source_event_id` computes; `POST /v1/events` uses source `ingest`). A random id
   (uuid4) makes every publish a new event. `correlation_id` is the event_id for a new chain.
+- **`policy`**: the hash of the tenant's policy in force, from `GET /v1/policies` (`in_force.policy`); Baton's
+  own edges stamp it. Folds decide an event under the policy it names, so a replay decides as the live fold did;
+  an event without one is decided under the built-in defaults, not the deployment's configured policy.
 - **Unknown fields** are not part of the contract (`additionalProperties: false`). Baton's codec does not refuse
   them: it drops them when decoding, so a misspelt optional field is silently lost. Validate before publishing.
 - **Storable values**: no NUL (U+0000) in any string or key, at most 32 levels of lists and objects in a payload,
@@ -223,6 +226,9 @@ def _envelope_schema(event_type: str | None = None, version: int | None = None, 
     properties["recorded_at"]["description"] = "When the producer recorded it (RFC 3339 with a time zone)."
     properties["actor"]["description"] = "Who publishes: your service's name (shown in re-routing and audit)."
     properties["tenant_id"]["description"] = "The tenant the event belongs to."
+    properties["policy"]["description"] = (
+        "The content hash of the tenant's policy in force (GET /v1/policies: in_force.policy); folds decide the "
+        "event under it. Null or absent: decided under the built-in defaults, whatever the deployment configures.")
     properties["stream_id"]["description"] = f"The record key: {key}" if key else "The record key (stream id)."
     properties["payload"] = {"type": "object", "description": "The type's payload."}
     if event_type is not None:

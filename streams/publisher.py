@@ -24,6 +24,7 @@ from schemas import (
     stream_id_for,
 )
 from streams.errors import StreamsError
+from streams.policies import PolicyReader
 from streams.settings import Settings
 
 
@@ -65,12 +66,14 @@ class Publisher:
             client_id=f"{settings.app_id}-publisher",
             **producer_options(settings),
         )
+        self.policies = PolicyReader(settings)
 
     async def start(self) -> Self:
         await self._producer.start()
         return self
 
     async def stop(self) -> None:
+        await self.policies.stop()
         await self._producer.stop()
 
     async def __aenter__(self) -> Self:
@@ -94,6 +97,7 @@ class Publisher:
             if (envelope.stream_id, envelope.type) != (expected, own_type):
                 raise InvalidEnvelope(f"event {envelope.event_id}: stream_id {envelope.stream_id!r} and type"
                                       f" {envelope.type!r} must be {expected!r} and {own_type!r}")
+        envelopes = await self.policies.stamp(envelopes)
         try:
             futures = [
                 await self._producer.send(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the registry sits below every domain: it imports none of th
 
     from agents.batching import Folder, StateCodec
     from projections.readmodel import ReadModel
+    from streams.policies import PolicyBook
 
 BUILTIN_PACKAGE = "streams.domains"  # found at run time: the registry imports no domain
 
@@ -45,6 +46,33 @@ class EffectWorker(Protocol):
     async def run(self, envelope: Envelope) -> list[Envelope]: ...
 
     def unknown_outcome(self, envelope: Envelope) -> list[Envelope]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainPolicy:
+    """What a domain's fold decides with, as its section of a policy (schemas.policies).
+
+    model: a pydantic model refusing unknown fields, with `fold_config()`; its defaults are the built-in policy
+    (what an unstamped event is decided with). configured: the section the environment configures now.
+    """
+
+    model: Any
+    configured: Callable[[], dict[str, Any]]
+
+    @classmethod
+    def of(cls, model: Any, settings: type) -> DomainPolicy:
+        """The policy whose configured section is the model's fields of a settings class (BATON_* variables)."""
+        from streams.settings import loaded
+
+        def configured() -> dict[str, Any]:
+            values = loaded(settings).model_dump(include=set(model.model_fields))  # type: ignore[attr-defined]
+            return model.model_validate(values).model_dump(mode="json")
+
+        return cls(model=model, configured=configured)
+
+    def parse(self, section: dict[str, Any]) -> Any:
+        """The fold configuration of a section (pydantic.ValidationError names a bad field)."""
+        return self.model.model_validate(section).fold_config()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +97,18 @@ class Domain:
     console_page: Path | None = None
     # The domain's own settings (a pydantic BaseSettings class), read once per process with streams.settings.loaded.
     settings: type | None = None
+    # What its fold decides with, adopted on the log as policy events; None: the fold decides with no policy.
+    policy: DomainPolicy | None = None
+
+    def folder_under(self, settings: Settings, book: PolicyBook) -> Folder:
+        """The fold as the spine applies it: each event decided under the policy it is stamped with (from the
+        book), an unstamped one under the built-in defaults; never under the environment of the moment."""
+        folder = self.folder(settings)
+        if self.policy is None:
+            return folder
+        parse = self.policy.parse
+        return replace(folder, config=parse({}),
+                                   config_of=lambda policy: book.config(policy, self.name, parse))
 
     def rows_of(self, state: Any) -> list[tuple[ReadModel, tuple]]:
         """Each read model's rows for one state, as the projector and replay write them."""

@@ -19,6 +19,7 @@ from streams.edge import RequestGuard, configure_bounded_logging
 from streams.ingest import ingest_router
 from streams.metrics import EdgeMetrics, exposition
 from streams.operations import ops_router
+from streams.policies import adopt_configured, configured_sections
 from streams.publisher import EventTooLarge, Publisher
 from streams.registry import load_domains, migration_sources
 from streams.settings import Settings, require_secure
@@ -39,6 +40,7 @@ def create_api(settings: Settings) -> FastAPI:
         ) as pool:
             app.state.publisher = publisher
             app.state.pool = pool
+            await adopt_configured(publisher.policies, configured_sections(settings), publisher.publish)
             yield
 
     app = FastAPI(

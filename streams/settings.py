@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(30.0, gt=0)
 
     publish_timeout_s: float = Field(10.0, gt=0)
+    # How stale an edge's view of the adopted policies may be when it stamps an event (streams.policies).
+    policy_refresh_s: float = Field(1.0, gt=0)
     max_request_bytes: int = Field(1_048_576, ge=1024)
     max_batch_events: int = Field(500, ge=1)
     worker_batch_max: int = Field(1000, ge=1)

@@ -11,10 +11,11 @@ import threading
 import faust
 from faust.worker import Worker
 
-from agents.streaming import register_domain
+from agents.streaming import register_domain, worker_log
 from streams import metrics
 from streams.app import create_app
 from streams.liveness import beat_on_timer
+from streams.policies import adopt_configured, configured_sections
 from streams.registry import load_domains
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -27,6 +28,12 @@ def build_worker_app(settings: Settings) -> faust.App:
         register_domain(app, settings, domain)
         if domain.agents is not None:
             domain.agents(app, settings)
+    log = worker_log(app, settings)
+
+    @app.task
+    async def adopt_configured_policy() -> None:
+        await adopt_configured(log.policies, configured_sections(settings), log.publish)
+
     return app
 
 

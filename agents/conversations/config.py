@@ -5,17 +5,33 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.batching import Folder
 from agents.conversations.effects import Effects
 from agents.conversations.fold import FoldConfig, count_duplicate, fold
 from agents.tenants import load_tenants
+from streams.registry import DomainPolicy
 from streams.settings import Settings, loaded
 
 
-class ConversationsSettings(BaseSettings):
+class ConversationsPolicy(BaseModel):
+    """The conversations section of a policy (schemas.policies): when a session ends and what a state keeps. Its
+    defaults are the built-in policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_timeout_hours: float = Field(24.0, gt=0)
+    max_dialogue_turns: int = Field(50, ge=1)
+    seen_message_ids: int = Field(256, ge=1)
+
+    def fold_config(self) -> FoldConfig:
+        return FoldConfig(session_timeout=timedelta(hours=self.session_timeout_hours),
+                          max_dialogue_turns=self.max_dialogue_turns, max_seen_message_ids=self.seen_message_ids)
+
+
+class ConversationsSettings(ConversationsPolicy, BaseSettings):
     """The conversation fold's bounds and the routing model (BATON_*, names unchanged); the README's settings
     table lists them. The WhatsApp and tenants settings stay in streams.settings.Settings: the edge, the
     outbound domain and `baton dev` read them too."""
@@ -26,21 +42,15 @@ class ConversationsSettings(BaseSettings):
     classifier_model: str = "claude-haiku-4-5"
     classifier_timeout_s: float = Field(5.0, gt=0)
 
-    session_timeout_hours: float = Field(24.0, gt=0)
-    max_dialogue_turns: int = Field(50, ge=1)
-    seen_message_ids: int = Field(256, ge=1)
+
+POLICY = DomainPolicy.of(ConversationsPolicy, ConversationsSettings)
 
 
 def conversation_folder(_settings: Settings) -> Folder:
     """The conversation fold, configured from settings, with its session-boundary rule."""
-    options = loaded(ConversationsSettings)
     return Folder(
         fold=fold,
-        config=FoldConfig(
-            session_timeout=timedelta(hours=options.session_timeout_hours),
-            max_dialogue_turns=options.max_dialogue_turns,
-            max_seen_message_ids=options.seen_message_ids,
-        ),
+        config=loaded(ConversationsSettings).fold_config(),
         ends_state=lambda envelope: envelope.type == "conversation.session.expired",
         on_duplicate=count_duplicate,
     )

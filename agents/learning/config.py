@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.batching import Folder
 from agents.learning.fold import FoldConfig, fold
+from streams.registry import DomainPolicy
 from streams.settings import Settings, loaded
 
 if TYPE_CHECKING:
@@ -27,7 +28,20 @@ def _pairs(text: str) -> dict[str, str]:
     return pairs
 
 
-class LearningSettings(BaseSettings):
+class LearningPolicy(BaseModel):
+    """The learning section of a policy (schemas.policies): how many sessions a learner's state keeps and how long
+    an unplanned day request blocks a new run (plan_wait_s). Its defaults are the built-in policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sessions_kept: int = Field(60, ge=1)
+    plan_wait_s: float = Field(45.0, gt=0)
+
+    def fold_config(self) -> FoldConfig:
+        return FoldConfig(sessions_kept=self.sessions_kept, pending_expiry=timedelta(seconds=self.plan_wait_s))
+
+
+class LearningSettings(LearningPolicy, BaseSettings):
     """Settings of the learning domain (env prefix BATON_LEARNING_); docs/learning.md lists them."""
 
     model_config = SettingsConfigDict(env_prefix="BATON_LEARNING_", extra="ignore")
@@ -44,13 +58,11 @@ class LearningSettings(BaseSettings):
     service_token_ttl_s: int = Field(300, ge=30)
     plan_model: str = "claude-haiku-4-5"
     plan_max_tokens: int = Field(1200, ge=64)
-    plan_wait_s: float = Field(45.0, gt=0)
     plan_poll_s: float = Field(0.02, gt=0)
     rate_per_s: float = Field(2.0, gt=0)
     burst: int = Field(20, ge=1)
     run_hour_local: int = Field(7, ge=0, le=23)
     days_per_week: int = Field(7, ge=1, le=7)
-    sessions_kept: int = Field(60, ge=1)
     sse_poll_s: float = Field(0.25, gt=0)
     sse_keepalive_s: float = Field(15.0, gt=0)
 
@@ -66,9 +78,10 @@ class LearningSettings(BaseSettings):
 
 def learning_folder(_settings: Settings) -> Folder:
     """The learner fold with its bounds from settings."""
-    options = loaded(LearningSettings)
-    return Folder(fold=fold, config=FoldConfig(sessions_kept=options.sessions_kept,
-                                               pending_expiry=timedelta(seconds=options.plan_wait_s)))
+    return Folder(fold=fold, config=loaded(LearningSettings).fold_config())
+
+
+POLICY = DomainPolicy.of(LearningPolicy, LearningSettings)
 
 
 def build_effects(settings: Settings) -> SignalsEffect:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.batching import Folder
 from agents.llm import llm_client
 from agents.steps.effects import StepRunner
 from agents.steps.fold import FoldConfig, fold
+from agents.zones import zone
 from schemas.steps import Flags, Limit
+from streams.registry import DomainPolicy
 from streams.settings import DEFAULT_LLM_PRICES, ModelPrice, Settings, loaded
 
 
@@ -27,6 +29,8 @@ class Route(BaseModel):
 class LimitSetting(BaseModel):
     """A default limit (tokens and/or USD; None unlimited)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     tokens: int | None = Field(None, ge=0)
     usd: float | None = Field(None, ge=0)
 
@@ -39,7 +43,43 @@ DEFAULT_ROUTES = [
 ]
 
 
-class StepsSettings(BaseSettings):
+class StepsPolicy(BaseModel):
+    """The steps section of a policy (schemas.policies): default limits and flags, the budget day's zone and the
+    reservation TTL. Its defaults are the built-in policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Default limits by "scope:subject" ("user:*" every user's daily default, "execution:*" each execution's).
+    limits: dict[str, LimitSetting] = Field(default_factory=dict)
+    flags: dict[str, bool] = Field(default_factory=dict)
+    default_timezone: str = "UTC"
+    reservation_ttl_s: float = Field(600.0, gt=0)
+    retention_days: int = Field(3, ge=1)
+
+    @field_validator("flags")
+    @classmethod
+    def _known_flags(cls, flags: dict[str, bool]) -> dict[str, bool]:
+        if unknown := sorted(flags.keys() - set(Flags.__struct_fields__)):
+            raise ValueError(f"unknown flags {unknown}; known: {sorted(Flags.__struct_fields__)}")
+        return flags
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    def fold_config(self) -> FoldConfig:
+        return FoldConfig(
+            default_limits={key: Limit(tokens=v.tokens, usd=v.usd) for key, v in self.limits.items()},
+            default_flags=Flags(**self.flags),
+            default_timezone=self.default_timezone,
+            reservation_ttl=timedelta(seconds=self.reservation_ttl_s),
+            retention_days=self.retention_days,
+        )
+
+
+class StepsSettings(StepsPolicy, BaseSettings):
     """Settings of the steps domain (env prefix BATON_STEPS_; dicts and lists as JSON)."""
 
     model_config = SettingsConfigDict(env_prefix="BATON_STEPS_", extra="ignore")
@@ -61,12 +101,6 @@ class StepsSettings(BaseSettings):
     # Model requests (counts and calls) in flight at once per worker; more wait their turn.
     max_concurrent_calls: int = Field(8, ge=1)
     step_timeout_s: float = Field(60.0, gt=0)
-    reservation_ttl_s: float = Field(600.0, gt=0)
-    default_timezone: str = "UTC"
-    # Default limits by "scope:subject" ("user:*" every user's daily default, "execution:*" each execution's).
-    limits: dict[str, LimitSetting] = Field(default_factory=dict)
-    flags: dict[str, bool] = Field(default_factory=dict)
-    retention_days: int = Field(3, ge=1)
     summary_fallback_words: int = Field(60, ge=1)
     # How long POST /v1/executions?wait=true waits for the projected result.
     wait_timeout_s: float = Field(60.0, gt=0)
@@ -74,14 +108,10 @@ class StepsSettings(BaseSettings):
 
 def steps_folder(_settings: Settings) -> Folder:
     """The steps fold with its defaults from BATON_STEPS_*."""
-    config = loaded(StepsSettings)
-    return Folder(fold=fold, config=FoldConfig(
-        default_limits={key: Limit(tokens=v.tokens, usd=v.usd) for key, v in config.limits.items()},
-        default_flags=Flags(**config.flags),
-        default_timezone=config.default_timezone,
-        reservation_ttl=timedelta(seconds=config.reservation_ttl_s),
-        retention_days=config.retention_days,
-    ))
+    return Folder(fold=fold, config=loaded(StepsSettings).fold_config())
+
+
+POLICY = DomainPolicy.of(StepsPolicy, StepsSettings)
 
 
 def build_runner(settings: Settings) -> StepRunner:

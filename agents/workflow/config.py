@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.batching import Folder
-from agents.workflow.templates import DEFAULT_TEMPLATE, Templates, load_templates
+from agents.workflow.templates import (
+    DEFAULT_TEMPLATE,
+    Templates,
+    WorkflowTemplate,
+    load_template,
+    load_templates,
+)
+from streams.registry import DomainPolicy
 from streams.settings import loaded
 
 if TYPE_CHECKING:
@@ -33,6 +40,35 @@ class WorkflowSettings(BaseSettings):
     strip_roots: list[str] = []
     # How long the API waits for the fold's decision before answering 202 with the request's event id.
     decision_timeout_s: float = Field(10.0, gt=0)
+
+
+class WorkflowPolicy(BaseModel):
+    """The workflow section of a policy (schemas.policies): the templates (in full) and the gate flags. Its
+    defaults are the built-in policy: examples/workflow.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: WorkflowTemplate = Field(default_factory=lambda: load_template(DEFAULT_TEMPLATE))
+    tenant_templates: dict[str, WorkflowTemplate] = {}
+    allow_phase_skip: bool = False
+    allow_user_override: bool = True
+
+    def fold_config(self) -> FoldConfig:
+        from agents.workflow.fold import FoldConfig
+
+        return FoldConfig(templates=Templates(self.template, self.tenant_templates),
+                          allow_phase_skip=self.allow_phase_skip, allow_user_override=self.allow_user_override)
+
+
+def _configured() -> dict:
+    settings = loaded(WorkflowSettings)
+    templates = load_templates(settings)
+    return WorkflowPolicy(template=templates.default, tenant_templates=templates.by_tenant,
+                          allow_phase_skip=settings.allow_phase_skip,
+                          allow_user_override=settings.allow_user_override).model_dump(mode="json")
+
+
+POLICY = DomainPolicy(model=WorkflowPolicy, configured=_configured)
 
 
 def fold_config(settings: WorkflowSettings, templates: Templates | None = None, *,

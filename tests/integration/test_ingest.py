@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 from pydantic import SecretStr
 
@@ -94,19 +94,32 @@ async def edge(request: pytest.FixtureRequest, limited: Settings) -> AsyncIterat
 
 
 async def read_log(settings: Settings) -> list[Envelope]:
-    """Every envelope on the conversations topic, decoded."""
+    """Every envelope on the conversations topic up to its end when called, decoded.
+
+    The ends are taken before the reader is assigned, and nothing is awaited between assign and seek_to_beginning:
+    aiokafka applies the answer of an offset reset still in flight to a partition that a later seek_to_* marked
+    for another reset (Fetcher._update_fetch_positions checks that a reset is awaited, not which one), so the
+    default reset an assignment starts, answered after seek_to_beginning, would leave the reader at the log end.
+    """
     partitions = conversation_partitions(settings)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    ends = await log_end_offsets(settings, partitions)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
     await consumer.start()
     try:
         consumer.assign(partitions)
-        expected = sum((await log_end_offsets(settings, partitions)).values())
         await consumer.seek_to_beginning(*partitions)
         records = []
-        async with asyncio.timeout(10):
-            while len(records) < expected:
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records += batch
+        positions = {tp: await consumer.position(tp) for tp in partitions}
+        try:
+            async with asyncio.timeout(30):
+                while any(positions[tp] < ends[tp] for tp in partitions):
+                    for batch in (await consumer.getmany(timeout_ms=500)).values():
+                        records += batch
+                    positions = {tp: await consumer.position(tp) for tp in partitions}
+        except TimeoutError:
+            raise AssertionError(f"log not read to its end in 30 s: positions {positions}, ends {ends}") from None
+        records = [r for r in records if r.offset < ends[TopicPartition(r.topic, r.partition)]]
         assert all(r.key == decode(r.value).stream_id.encode() for r in records)
         return [decode(r.value) for r in records]
     finally:

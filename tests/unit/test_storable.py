@@ -19,6 +19,7 @@ from streams.ingest import parse_json
 from streams.publisher import Publisher
 from streams.server import create_api
 from streams.settings import Settings
+from tests.fixtures.policies import NoPolicies
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -102,6 +103,7 @@ def recording_publisher(settings: Settings) -> tuple[Publisher, RecordingProduce
     publisher = Publisher.__new__(Publisher)  # the real publish(), without a broker connection
     publisher.settings = settings
     publisher._producer = producer = RecordingProducer()
+    publisher.policies = NoPolicies(settings)
     return publisher, producer
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agents.conversations.config import (
+    POLICY,
     ConversationsSettings,
     build_effects,
     conversation_folder,
@@ -15,9 +16,8 @@ from schemas.conversations import CATALOG
 from streams.domains.conversations.webhook import webhook_router
 from streams.registry import Domain
 
-
 DOMAIN = Domain(
-    name="conversations", catalog=CATALOG, settings=ConversationsSettings,
+    name="conversations", catalog=CATALOG, settings=ConversationsSettings, policy=POLICY,
     folder=conversation_folder, state_table="sessions", state_codec=CODEC,
     effects=build_effects,
     read_models=(SESSIONS,), migrations=read_side.MIGRATIONS, console_page=read_side.CONSOLE_PAGE,

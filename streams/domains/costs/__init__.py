@@ -10,7 +10,6 @@ from projections.costs.routes import query_router
 from schemas.costs import CATALOG
 from streams.registry import Domain
 
-
 DOMAIN = Domain(
     name="costs", catalog=CATALOG,
     folder=costs_folder, state_table="cost-days", state_codec=CODEC,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from agents.learning.config import LearningSettings, build_effects, learning_folder
+from agents.learning.config import (
+    POLICY,
+    LearningSettings,
+    build_effects,
+    learning_folder,
+)
 from agents.learning.fold import CODEC
 from projections import learning as read_side
 from projections.learning.readmodels import LEARNERS, SESSIONS, SIGNALS
@@ -19,7 +24,7 @@ def _routers() -> tuple:
 
 
 DOMAIN = Domain(
-    name="learning", catalog=CATALOG, settings=LearningSettings,
+    name="learning", catalog=CATALOG, settings=LearningSettings, policy=POLICY,
     folder=learning_folder, state_table="learners", state_codec=CODEC,
     effects=build_effects,
     read_models=(LEARNERS, SESSIONS, SIGNALS), migrations=read_side.MIGRATIONS, console_page=read_side.CONSOLE_PAGE,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from agents.outbound.config import OutboundSettings, build_effects, outbound_folder
+from agents.outbound.config import (
+    POLICY,
+    OutboundSettings,
+    build_effects,
+    outbound_folder,
+)
 from agents.outbound.fold import CODEC
 from agents.outbound.wakeups import register_wakeups
 from projections import outbound as read_side
@@ -14,7 +19,7 @@ from streams.domains.outbound.commands import command_router
 from streams.registry import Domain
 
 DOMAIN = Domain(
-    name="outbound", catalog=CATALOG, settings=OutboundSettings,
+    name="outbound", catalog=CATALOG, settings=OutboundSettings, policy=POLICY,
     folder=outbound_folder, state_table="outbound-users", state_codec=CODEC,
     effects=build_effects, agents=register_wakeups,
     read_models=(MESSAGES, USERS, BUDGETS), migrations=read_side.MIGRATIONS, console_page=read_side.CONSOLE_PAGE,

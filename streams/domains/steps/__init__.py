@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents.steps.config import StepsSettings, build_runner, steps_folder
+from agents.steps.config import POLICY, StepsSettings, build_runner, steps_folder
 from agents.steps.fold import CODEC
 from projections import steps as read_side
 from projections.steps.readmodels import BUDGET_DAYS, EXECUTIONS, TENANTS
@@ -12,9 +12,8 @@ from streams.domains.steps.cli import add_commands
 from streams.domains.steps.commands import command_router
 from streams.registry import Domain
 
-
 DOMAIN = Domain(
-    name="steps", catalog=CATALOG, settings=StepsSettings,
+    name="steps", catalog=CATALOG, settings=StepsSettings, policy=POLICY,
     folder=steps_folder, state_table="step-states", state_codec=CODEC,
     effects=build_runner,
     read_models=(EXECUTIONS, BUDGET_DAYS, TENANTS), migrations=read_side.MIGRATIONS, console_page=read_side.CONSOLE_PAGE,

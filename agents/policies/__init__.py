@@ -1,0 +1,1 @@
+"""The policies domain's worker side: the fold of each scope's adoptions."""
