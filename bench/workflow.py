@@ -1,12 +1,13 @@
 """Workflow benchmark: context search over 1,000,000 archived events, and phase completions through the pipeline.
 
-    .venv/bin/python -m bench.workflow [--events 1000000] [--queries 200] [--tasks 100] [--skip search|pipeline]
+    .venv/bin/python -m bench.workflow [--events 100000,1000000] [--queries 200] [--tasks 100] [--skip search|pipeline]
 
-Search: the events are written with COPY straight into a bench database on the embedded PostgreSQL (20 sprints,
-2,000 tasks with ~50 workflow events each, the rest other domains' events), then task- and project-scope
-queries run through the same view functions the API calls: uncached (every query reaches PostgreSQL) and
-cached (the scope-marker probe plus the in-process cache, what a repeated query costs). EXPLAIN ANALYZE of
-the slowest shape is printed. Pipeline: a fresh runtime (broker, worker, projector, API); phase completions
+Search, at each size of --events: the events are written with COPY straight into a bench database on the embedded
+PostgreSQL (20 sprints, 2,000 tasks with ~50 workflow events each, the rest other domains' events); the search
+read model is built from the archive as the projector's catch-up builds it (timed), then rebuilt from scratch as
+replay does (timed), its size printed; then task- and project-scope queries of every shape run through the same
+view functions the API calls: uncached (every query reaches PostgreSQL) and cached (the scope-marker probe plus
+the in-process cache, what a repeated query costs). EXPLAIN ANALYZE of a few window statements is printed. Pipeline: a fresh runtime (broker, worker, projector, API); phase completions
 posted concurrently over HTTP, each answered once the fold's decision is projected.
 """
 
@@ -30,6 +31,7 @@ from psycopg import sql
 
 from agents.workflow.config import WorkflowSettings
 from projections.migrations import apply_migrations
+from projections.workflow.search import derive_search
 from projections.workflow.views import (
     SearchCache,
     scope_marker,
@@ -52,7 +54,7 @@ TYPES = ["workflow.task.updated", "workflow.phase.completion.requested", "workfl
          "workflow.artifact.recorded", "workflow.commit.captured", "workflow.bug.logged", "workflow.session.started"]
 OTHER_TYPES = ["conversation.message.received", "conversation.message.routed", "steps.step.completed",
                "outbound.message.queued", "learning.day.completed"]
-_SEARCH_INDEXES = ("events_context_search", "events_task_scope", "events_tenant_projected", "events_tenant_time",
+_SEARCH_INDEXES = ("events_task_scope",
                    "events_stream",
                    "events_search", "events_caused_by")
 
@@ -130,7 +132,7 @@ async def time_queries(url: str, queries: list[tuple[str, str | None, str]], hal
     return out
 
 
-def explain(url: str, scope: str, scope_id: str | None, q: str, half_life_s: float, half_lives: int | None) -> str:
+def explain(url: str, scope: str, scope_id: str | None, q: str, half_life_s: float, half_lives: float | None) -> str:
     """EXPLAIN ANALYZE of one search statement the view runs (within the last `half_lives`, or unbounded)."""
 
     async def plan() -> str:
@@ -145,32 +147,78 @@ def explain(url: str, scope: str, scope_id: str | None, q: str, half_life_s: flo
     return asyncio.run(plan())
 
 
+def build_search(url: str) -> tuple[float, float]:
+    """Seconds to build the search read model from the archive (the projector's catch-up), then to rebuild it from
+    empty tables (what replay does in its shadow schema)."""
+
+    async def fill() -> float:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            started = time.perf_counter()
+            async with conn.transaction(), conn.cursor() as cur:
+                await derive_search(cur, "public", None)
+            return time.perf_counter() - started
+
+    build = asyncio.run(fill())
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE workflow_search, workflow_search_types")
+    rebuild = asyncio.run(fill())
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE workflow_search")
+        conn.execute("VACUUM ANALYZE workflow_search_types")
+    return build, rebuild
+
+
+def matching(url: str, q: str) -> float:
+    """The share of the searched tenant's events a single word matches."""
+    async def count() -> float:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            from projections.workflow.search import text_query
+            text = await text_query(conn, q)
+            cur = await conn.execute("SELECT count(*) FILTER (WHERE doc @@ %s::tsquery)::float8 / count(*)"
+                                     " FROM workflow_search WHERE tenant_id = %s", (text.match, TENANT))
+            return (await cur.fetchone())[0]
+    return asyncio.run(count())
+
+
 def bench_search(postgres: EmbeddedPostgres, n: int, count: int) -> None:
-    url = postgres.fresh_database("bench_workflow_search")
+    url = postgres.fresh_database(f"bench_workflow_search_{n}")
     asyncio.run(apply_migrations(url, sources=[("workflow", ROOT / "projections" / "workflow" / "migrations")]))
-    print(f"loading {n:,} events with COPY …", flush=True)
+    print(f"\n=== {n:,} events ===\nloading {n:,} events with COPY …", flush=True)
     seconds = load_events(url, n)
     with psycopg.connect(url) as conn:
         size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('events')), count(*) FROM events").fetchone()
-    print(f"loaded in {seconds:.0f} s: {size[1]:,} rows, {size[0]} with indexes", flush=True)
+    print(f"archive loaded in {seconds:.0f} s: {size[1]:,} rows, {size[0]} with indexes", flush=True)
+    build, rebuild = build_search(url)
+    with psycopg.connect(url) as conn:
+        table, indexes, types = conn.execute(
+            "SELECT pg_size_pretty(pg_table_size('workflow_search')), pg_size_pretty(pg_indexes_size('workflow_search')),"
+            " pg_size_pretty(pg_total_relation_size('workflow_search_types'))").fetchone()
+        gin = conn.execute("SELECT pg_size_pretty(pg_relation_size('workflow_search_doc'))").fetchone()[0]
+    print(f"search index: built in {build:.1f} s ({n / build:,.0f} events/s), rebuilt in {rebuild:.1f} s;"
+          f" table {table}, its indexes {indexes} (GIN {gin}), types {types}", flush=True)
     rng = random.Random(11)
     half_life_s = loaded(WorkflowSettings).search_half_life_hours * 3600
     shapes = {
         "task": [("task", f"TSK-{rng.randrange(TASKS):04d}", rng.choice(WORDS[:12])) for _ in range(count)],
-        "project (rare term)": [("project", None, rng.choice(WORDS[20:])) for _ in range(count)],
-        "project (two terms)": [("project", None, f"{rng.choice(WORDS[8:20])} {rng.choice(WORDS[8:20])}")
+        "project (rare word)": [("project", None, rng.choice(WORDS[20:31])) for _ in range(count)],
+        "project (two words)": [("project", None, f"{rng.choice(WORDS[8:20])} {rng.choice(WORDS[8:20])}")
                                 for _ in range(count)],
-        "project (common term)": [("project", None, rng.choice(WORDS[:3])) for _ in range(count // 4)],
+        "project (phrase)": [("project", None, f'"{rng.choice(WORDS[:4])} {rng.choice(WORDS[:4])}"')
+                             for _ in range(count)],
+        # WORDS[4] is in about a quarter of all events (printed below).
+        "project (25% word)": [("project", None, WORDS[4]) for _ in range(count // 4)],
+        "project (Spanish word)": [("project", None, rng.choice(ES_WORDS)) for _ in range(count)],
     }
+    print(f"'{WORDS[4]}' matches {matching(url, WORDS[4]):.0%} of {TENANT}'s events; '{WORDS[25]}' (rare)"
+          f" {matching(url, WORDS[25]):.1%}; '{ES_WORDS[2]}' (Spanish) {matching(url, ES_WORDS[2]):.2%}")
     print(f"\n{'scope':<24}{'mode':<9}{'p50 ms':>9}{'p99 ms':>9}{'queries':>9}")
     for name, queries in shapes.items():
         for cached in (False, True):
             times = asyncio.run(time_queries(url, queries, half_life_s, cached))
             print(f"{name:<24}{'cached' if cached else 'cold':<9}{statistics.median(times):>9.2f}"
                   f"{pct(times, 99):>9.2f}{len(times):>9}", flush=True)
-    for scope, scope_id, q, window in (("task", "TSK-0042", "error", None), ("project", None, "audit", 1),
-                                       ("project", None, "audit", None), ("project", None, "validation", 1),
-                                       ("project", None, "validation", 4)):
+    for scope, scope_id, q, window in (("task", "TSK-0042", "error", None), ("project", None, WORDS[4], 1 / 64),
+                                       ("project", None, WORDS[25], None)):
         within = f"last {window} half-lives" if window else "unbounded"
         print(f"\nEXPLAIN ANALYZE {scope} {scope_id or ''} {q!r} ({within}):\n"
               + explain(url, scope, scope_id, q, half_life_s, window))
@@ -230,7 +278,7 @@ def bench_pipeline(tmp: Path, postgres: EmbeddedPostgres, tasks: int, concurrenc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--events", default="100000,1000000", help="comma-separated archive sizes")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--tasks", type=int, default=100, help="tasks walked through six phases in the pipeline run")
     parser.add_argument("--concurrency", type=int, default=32)
@@ -241,7 +289,8 @@ def main() -> None:
     postgres = EmbeddedPostgres(tmp / "pgdata").start()
     try:
         if "search" not in skip:
-            bench_search(postgres, args.events, args.queries)
+            for n in (int(size) for size in args.events.split(",")):
+                bench_search(postgres, n, args.queries)
         if "pipeline" not in skip:
             bench_pipeline(tmp, postgres, args.tasks, args.concurrency)
     finally:

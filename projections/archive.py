@@ -18,7 +18,7 @@ def event_row(envelope: Envelope, topic: str, partition: int, offset: int) -> tu
     return (
         envelope.event_id, envelope.tenant_id, envelope.stream_id, envelope.type, envelope.schema_version,
         envelope.occurred_at, envelope.recorded_at, envelope.correlation_id, envelope.causation_id,
-        envelope.actor, _json.encode(envelope.payload).decode(), topic, partition, offset,
+        envelope.actor, _json.encode(envelope.payload).decode(), topic, partition, offset, envelope.policy,
     )
 
 
@@ -28,7 +28,7 @@ EVENTS = ReadModel(
         ("event_id", "uuid"), ("tenant_id", "text"), ("stream_id", "text"), ("type", "text"),
         ("schema_version", "integer"), ("occurred_at", "timestamptz"), ("recorded_at", "timestamptz"),
         ("correlation_id", "uuid"), ("causation_id", "uuid"), ("actor", "text"), ("payload", "jsonb"),
-        ("topic", "text"), ("partition", "integer"), ("offset", "bigint"),
+        ("topic", "text"), ("partition", "integer"), ("offset", "bigint"), ("policy", "text"),
     ),
     upsert=False,
 )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -28,6 +29,10 @@ class ReadModel:
     rows: Callable[[Any], Iterable[tuple]] | None = None
     # Upsert keeps the last row per key (the newest state); otherwise the first one written wins.
     upsert: bool = True
+    # A table derived from the events archive rather than from states (a search index): derive(cursor, schema,
+    # event ids) fills it for those archived events, or with None for every archived event it lacks. The projector
+    # calls it after each batch's transaction (and once at start), replay after rebuilding the archive.
+    derive: Callable[[AsyncCursor, str, Sequence[uuid.UUID] | None], Awaitable[int]] | None = None
 
     def rows_of(self, state: Any) -> Iterable[tuple]:
         """The rows one state gives this table."""

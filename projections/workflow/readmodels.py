@@ -8,6 +8,7 @@ import msgspec
 
 from agents.workflow.fold import BugState, RulesState, SprintState, TaskState
 from projections.readmodel import ReadModel
+from projections.workflow.search import SEARCH, SEARCH_TYPES
 from schemas.workflow import (
     bug_rules_stream_id,
     bug_stream_id,
@@ -106,4 +107,5 @@ BUG_RULES = ReadModel(
     rows=rules_rows,
 )
 
-READ_MODELS = (TASKS, SESSIONS, SPRINTS, BUGS, BUG_RULES)
+# Context search: tables derived from the events archive (projections/workflow/search.py), not from states.
+READ_MODELS = (TASKS, SESSIONS, SPRINTS, BUGS, BUG_RULES, SEARCH, SEARCH_TYPES)

@@ -16,6 +16,12 @@ from psycopg.rows import dict_row
 
 from projections import ProjectionError
 from projections.connections import Source, connection
+from projections.workflow.search import (
+    TextQuery,
+    relevance,
+    relevance_bound,
+    text_query,
+)
 from schemas.bugrules import DEFAULT_RULES_VERSION
 from schemas.workflow import sprint_stream_id, task_stream_id
 
@@ -23,10 +29,9 @@ Scope = Literal["session", "task", "sprint", "project"]
 SCOPES: tuple[Scope, ...] = ("session", "task", "sprint", "project")
 MARK = "**"
 WINDOWED_SCOPES = frozenset({"project", "sprint"})
-# ts_rank's OR ranking is at most (1 + pi^2/6) / 1.6449 per term, so rank / (rank + 1) stays below 0.62.
-MAX_RELEVANCE = 0.62
-# The first window a large scope ranks, in half-lives; the longest worth ranking before the whole scope.
-FIRST_WINDOW, LAST_WINDOW = 1.0, 64.0
+# Windows a large scope ranks, newest first, in half-lives: the first, the growth factor, and the widest before
+# the rest of the scope is ranked at once.
+FIRST_WINDOW, WINDOW_GROWTH, LAST_WINDOW = 1 / 64, 4.0, 16.0
 _HEADLINE = f"StartSel={MARK}, StopSel={MARK}, MaxWords=24, MinWords=8, MaxFragments=2, FragmentDelimiter=\" … \""
 
 
@@ -185,80 +190,104 @@ async def _scope(conn: AsyncConnection, tenant_id: str, scope: Scope, scope_id: 
                    " AND e.occurred_at BETWEEN %(start)s AND %(end)s"), params
 
 
-_QUERY = sql.SQL("(websearch_to_tsquery('english', %(q)s) || websearch_to_tsquery('spanish', %(q)s))")
-_TEXT = sql.SQL("replace(top.type, '.', ' ') || ': ' || coalesce((SELECT string_agg(v, ' · ') FROM jsonb_each_text(top.payload) AS kv(k, v)), '')")
+_TEXT = sql.SQL("replace(ev.type, '.', ' ') || ': ' || coalesce((SELECT string_agg(v, ' · ') FROM jsonb_each_text(ev.payload) AS kv(k, v)), '')")
+_RESULT = ("event_id", "type", "stream_id", "task_code", "occurred_at", "score")
 
 
-async def search_statement(conn: AsyncConnection, tenant_id: str, query: str, scope: Scope, scope_id: str | None, *,
-                           half_life_s: float, limit: int = 10, now: datetime | None = None,
-                           since: datetime | None = None) -> tuple[sql.Composed, dict]:
-    """The search statement and its parameters: text relevance × recency decay, top `limit`, marked snippets.
+async def search_statement(conn: AsyncConnection, tenant_id: str, query: str | TextQuery, scope: Scope,
+                           scope_id: str | None, *, half_life_s: float, limit: int = 10, now: datetime | None = None,
+                           since: datetime | None = None, until: datetime | None = None) -> tuple[sql.Composed, dict]:
+    """The statement ranking one time window of a scope: the top `limit` by relevance × recency decay.
 
-    Relevance is ts_rank normalised into [0, 1) (rank / (rank + 1)), so no event older than `since` can score
-    above 2^-(age of since / half-life): what lets `search` look at recent windows first.
+    score = relevance × 2^-(age / half-life), relevance in [0, 1] (search.relevance); ties by time, then event id.
+    The window is occurred_at in [since, until) (None: unbounded on that side).
     """
+    text = query if isinstance(query, TextQuery) else await text_query(conn, query)
     where, params = await _scope(conn, tenant_id, scope, scope_id)
-    params |= {"q": query, "limit": limit, "decay": math.log(2) / half_life_s, "now": now or datetime.now(UTC),
-               "since": since}
-    text_query = query.strip()
-    relevance = sql.SQL("ts_rank(e.context_search, {}, 32)").format(_QUERY) if text_query else sql.SQL("1.0")
-    match = sql.SQL(" AND e.context_search @@ {}").format(_QUERY) if text_query else sql.SQL("")
+    params |= {"limit": limit, "decay": math.log(2) / half_life_s, "now": now or datetime.now(UTC),
+               "since": since, "until": until, "match": text.match}
+    match = sql.SQL("") if text.empty else sql.SQL(" AND e.doc @@ %(match)s::tsquery")
     if since is not None:
         match += sql.SQL(" AND e.occurred_at >= %(since)s")
-    headline = (sql.SQL(
-        "CASE WHEN position({mark} in ts_headline('english', {text}, {q}, {opts})) > 0"
-        " THEN ts_headline('english', {text}, {q}, {opts}) ELSE ts_headline('spanish', {text}, {q}, {opts}) END"
-    ) if text_query else sql.SQL("left({text}, 200)")).format(
-        mark=sql.Literal(MARK), text=_TEXT, q=_QUERY, opts=sql.Literal(_HEADLINE))
+    if until is not None:
+        match += sql.SQL(" AND e.occurred_at < %(until)s")
     statement = sql.SQL(
-        "SELECT top.event_id, top.type, top.stream_id, top.task_code, top.occurred_at, top.score, {headline} AS snippet"
-        " FROM (SELECT e.event_id, e.type, e.stream_id, e.task_code, e.occurred_at, e.payload,"
-        " {relevance} * exp(-%(decay)s * greatest(extract(epoch FROM %(now)s - e.occurred_at), 0))"
-        " AS score FROM events e WHERE {where}{match} ORDER BY score DESC, e.occurred_at DESC LIMIT %(limit)s) top"
-        " ORDER BY top.score DESC, top.occurred_at DESC"
-    ).format(headline=headline, relevance=relevance, where=where, match=match)
+        "SELECT e.event_id, e.type, e.stream_id, e.task_code, e.occurred_at,"
+        " {relevance} * exp(-%(decay)s * greatest(extract(epoch FROM %(now)s - e.occurred_at), 0)) AS score"
+        " FROM workflow_search e WHERE {where}{match} ORDER BY score DESC, e.occurred_at DESC, e.event_id DESC"
+        " LIMIT %(limit)s"
+    ).format(relevance=relevance(text), where=where, match=match)
     return statement, params
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    return (row["score"], row["occurred_at"], row["event_id"])
 
 
 async def search(source: Source, tenant_id: str, query: str, scope: Scope, scope_id: str | None, *,
                  half_life_s: float, limit: int = 10, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Events of the scope matching the query, by text relevance × recency decay, with marked snippets.
+    """Events of the scope matching the query, by relevance × recency decay, with marked snippets.
 
-    Large scopes rank the last half-life first; when it holds `limit` results, the limit-th score s tells how far
-    back an event could still beat it (MAX_RELEVANCE × 2^-age/half-life ≥ s), and only that window is ranked.
+    Project and sprint scopes rank newest-first, window by window (FIRST_WINDOW half-lives, then ×WINDOW_GROWTH,
+    then everything older): once `limit` results are in hand and the limit-th score is at least the highest
+    relevance the tenant's events can have (search.relevance_bound) times the decay at the window's older end,
+    no older event can beat it, and the answer is exact.
     """
     now = now or datetime.now(UTC)
     async with connection(source) as conn:
+        text = await text_query(conn, query)
 
-        async def top(since: datetime | None) -> list[dict[str, Any]]:
-            statement, params = await search_statement(conn, tenant_id, query, scope, scope_id, half_life_s=half_life_s,
-                                                       limit=limit, now=now, since=since)
+        async def top(since: datetime | None, until: datetime | None) -> list[dict[str, Any]]:
+            statement, params = await search_statement(conn, tenant_id, text, scope, scope_id,
+                                                       half_life_s=half_life_s, limit=limit, now=now, since=since,
+                                                       until=until)
             cur = conn.cursor(row_factory=dict_row)
-            # Never a prepared (generic) plan: it cannot see the query's terms and scans by the wrong index.
+            # Never a prepared (generic) plan: it cannot see the window or the terms and picks the wrong index.
             await cur.execute(statement, params, prepare=False)
             return await cur.fetchall()
 
-        if scope in WINDOWED_SCOPES:
-            found = await top(now - timedelta(seconds=FIRST_WINDOW * half_life_s))
-            if len(found) == limit:
-                # Widening the window can only raise the limit-th score, so this window is exact.
-                most = MAX_RELEVANCE if query.strip() else 1.0
-                needed = math.log2(most / found[-1]["score"]) if found[-1]["score"] > 0 else math.inf
-                if needed <= FIRST_WINDOW:
-                    return found
-                if needed <= LAST_WINDOW:
-                    return await top(now - timedelta(seconds=needed * half_life_s))
-        return await top(None)
+        if scope not in WINDOWED_SCOPES:
+            found = await top(None, None)
+        else:
+            bound = await relevance_bound(conn, tenant_id, text)
+            found, until, width = [], None, FIRST_WINDOW
+            while True:
+                since = None if width > LAST_WINDOW else now - timedelta(seconds=width * half_life_s)
+                found = sorted([*found, *await top(since, until)], key=_order, reverse=True)[:limit]
+                if since is None or (len(found) == limit and found[-1]["score"] >= bound * 2 ** -width):
+                    break
+                until, width = since, width * WINDOW_GROWTH
+        return await _snippets(conn, text, found)
+
+
+async def _snippets(conn: AsyncConnection, text: TextQuery, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results with a snippet each: the type and payload strings, matched words marked (English, else Spanish)."""
+    if not found:
+        return []
+    if text.empty:
+        snippet = sql.SQL("left({}, 200)").format(_TEXT)
+    else:
+        snippet = sql.SQL(
+            "CASE WHEN position({mark} in ts_headline('english', {text}, %(q)s::tsquery, {opts})) > 0"
+            " THEN ts_headline('english', {text}, %(q)s::tsquery, {opts})"
+            " ELSE ts_headline('spanish', {text}, %(q)s::tsquery, {opts}) END"
+        ).format(mark=sql.Literal(MARK), text=_TEXT, opts=sql.Literal(_HEADLINE))
+    cur = await conn.execute(sql.SQL("SELECT ev.event_id, {} FROM events ev WHERE ev.event_id = ANY(%(ids)s)")
+                             .format(snippet), {"ids": [r["event_id"] for r in found], "q": text.highlight},
+                             prepare=False)
+    snippets = dict(await cur.fetchall())
+    return [{**{k: r[k] for k in _RESULT}, "snippet": snippets.get(r["event_id"], "")} for r in found]
 
 
 async def search_summary(source: Source, tenant_id: str, query: str, scope: Scope, scope_id: str | None) -> dict[str, Any]:
     """Counts by event type, first and last event time and the span of the scope's matching events."""
     async with connection(source) as conn:
+        text = await text_query(conn, query)
         where, params = await _scope(conn, tenant_id, scope, scope_id)
-        params["q"] = query
-        match = sql.SQL(" AND e.context_search @@ {}").format(_QUERY) if query.strip() else sql.SQL("")
+        params["match"] = text.match
+        match = sql.SQL("") if text.empty else sql.SQL(" AND e.doc @@ %(match)s::tsquery")
         cur = await conn.execute(sql.SQL(
-            "SELECT e.type, count(*), min(e.occurred_at), max(e.occurred_at) FROM events e WHERE {where}{match}"
+            "SELECT e.type, count(*), min(e.occurred_at), max(e.occurred_at) FROM workflow_search e WHERE {where}{match}"
             " GROUP BY e.type ORDER BY count(*) DESC, e.type").format(where=where, match=match), params, prepare=False)
         rows = await cur.fetchall()
     first = min((r[2] for r in rows), default=None)
@@ -270,10 +299,15 @@ async def search_summary(source: Source, tenant_id: str, query: str, scope: Scop
 
 
 async def scope_marker(source: Source, tenant_id: str, scope: Scope, scope_id: str | None) -> datetime | None:
-    """When the scope's newest event was archived: a cached answer older than this is stale."""
+    """When the scope's newest search row was written: a cached answer older than this is stale."""
     async with connection(source) as conn:
-        where, params = await _scope(conn, tenant_id, scope, scope_id)
-        cur = await conn.execute(sql.SQL("SELECT max(e.projected_at) FROM events e WHERE {}").format(where), params)
+        if scope == "project":
+            cur = await conn.execute("SELECT max(projected_at) FROM workflow_search_types WHERE tenant_id = %s",
+                                     (tenant_id,))
+        else:
+            where, params = await _scope(conn, tenant_id, scope, scope_id)
+            cur = await conn.execute(sql.SQL("SELECT max(e.projected_at) FROM workflow_search e WHERE {}").format(where),
+                                     params)
         row = await cur.fetchone()
     return row[0] if row else None
 
