@@ -21,11 +21,14 @@ from projections.archive import EVENTS, event_row, write_events
 from projections.migrations import apply_migrations
 from projections.projector import (
     assigned_consumer,
+    derive,
+    derived_models,
     is_record_fault,
     load_offsets,
     state_changelogs,
 )
 from projections.readmodel import ReadModel, write_rows
+from streams.policies import PolicyReader
 from streams.registry import domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
 from streams.topics import log_end_offsets, misplaced, topic_partitions
@@ -174,7 +177,6 @@ def compared_tables(settings: Settings) -> list[tuple[str, str]]:
 async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Rebuild, dict[TopicPartition, int]]:
     """Fold and archive every domain record up to the end offsets seen at start."""
     domains = domain_of_topic(settings)
-    folders = {topic: domain.folder(settings) for topic, domain in domains.items()}
     consumer = await assigned_consumer(settings, list(domains), f"{settings.app_id}-replay")
     try:
         tps = sorted(consumer.assignment())
@@ -182,6 +184,13 @@ async def _read_log(settings: Settings, progress: Progress | None) -> tuple[_Reb
         changelog_tps = await topic_partitions(consumer, list(state_changelogs(settings)))
         starts = await consumer.beginning_offsets(tps)
         ends = await log_end_offsets(settings, tps + changelog_tps)
+        # Read after the ends: every policy a record up to them is stamped with was adopted before it.
+        policies = PolicyReader(settings)
+        try:
+            book = await policies.refresh()
+        finally:
+            await policies.stop()
+        folders = {topic: domain.folder_under(settings, book) for topic, domain in domains.items()}
         await consumer.seek_to_beginning(*tps)
         total = sum(ends[tp] - starts[tp] for tp in tps)
         rebuild = _Rebuild()
@@ -240,6 +249,8 @@ async def _write_shadow(conn: AsyncConnection, settings: Settings, schema: str, 
                 for chunk in _chunks(list(rows.values())):
                     rebuild.not_written += await _write_refusing(
                         conn, lambda rows, model=model: write_rows(cur, model, rows, schema), chunk)
+        # The tables derived from the archive (search), from the rebuilt archive, as the projector derives them.
+        await derive(conn, derived_models(settings), None, schema)
 
 
 async def _write_refusing(conn: AsyncConnection, write: Callable[[list[tuple]], Awaitable[object]],
