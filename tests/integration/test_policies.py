@@ -4,6 +4,7 @@ and `replay --verify` is clean under an environment that configures something el
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -121,3 +122,34 @@ def test_a_tenants_change_decides_what_follows_and_replay_keeps_what_was_decided
         assert other.get(f"/v1/outbound/messages/{elsewhere}").json()["decisions"][0]["decision"] == "approved"
         after = {m: api.get(f"/v1/outbound/messages/{m}").json()["decisions"] for m in before}
     assert after == before and before[second][0]["reason"] == "quiet_hours"
+
+
+def test_an_environment_change_is_adopted_at_restart_and_decides_only_what_follows(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    with client(runtime, "globex") as other:
+        before = queue(other, "cy", "before")
+        assert eventually(lambda: decided(other, before), "decided")["decisions"][0]["decision"] == "approved"
+    for role in ("api", "worker"):
+        runtime.kill(role, signal.SIGTERM)
+    now = datetime.now(UTC)
+    monkeypatch.setenv("BATON_OUTBOUND_QUIET_HOURS_START", f"{(now - timedelta(hours=1)):%H:%M}")
+    monkeypatch.setenv("BATON_OUTBOUND_QUIET_HOURS_END", f"{(now + timedelta(hours=1)):%H:%M}")
+    runtime.spawn("worker")
+    runtime.spawn("api")
+    runtime.wait_for_api(60)
+
+    with client(runtime, "globex") as other, client(runtime, "acme") as api:
+        policies = eventually(lambda: (p := other.get("/v1/policies").json())["in_force"]["sections"]["outbound"]
+                              ["quiet_hours_end"] != "00:00" and p, "the configured change adopted")
+        assert policies["in_force"]["reason"] == "configured" and policies["in_force"]["actor"] == "baton"
+        assert [a["reason"] for a in policies["adoptions"] if a["scope"] == "*"] == ["configured", "configured"]
+        after = queue(other, "cy", "after")
+        assert eventually(lambda: decided(other, after), "decided")["decisions"][0]["reason"] == "quiet_hours"
+        assert other.get(f"/v1/outbound/messages/{before}").json()["decisions"][0]["decision"] == "approved"
+        # acme has a policy of its own: a change of the default does not reach it.
+        assert api.get("/v1/policies").json()["in_force"]["scope"] == "acme"
+
+    verify = subprocess.run([sys.executable, "-m", "streams.cli", "replay", "--verify"],
+                            env=child_env(COLUMNS="200", **{**settings_env(runtime.settings), **REPLAY_ENV}),
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
