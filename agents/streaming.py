@@ -18,6 +18,7 @@ from schemas import DecodeError, Envelope, decode, encode, registration
 from streams import metrics
 from streams.app import domain_topic, raw_table
 from streams.deadletter import dead_letter_record
+from streams.policies import PolicyReader
 from streams.publisher import producer_options
 from streams.registry import Domain
 from streams.settings import Settings
@@ -40,6 +41,7 @@ class WorkerLog:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
+        self.policies = PolicyReader(settings)  # stamps what the worker's timers publish; folds resolve stamps
 
     async def producer(self) -> AIOKafkaProducer:
         async with self._starting:
@@ -69,6 +71,7 @@ class WorkerLog:
                                for topic, pairs in by_topic.items()))
 
     async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        envelopes = await self.policies.stamp(envelopes)
         metrics.observe_llm_calls(envelopes)
         by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
         for envelope in envelopes:
@@ -84,6 +87,21 @@ class WorkerLog:
                 key=record.key, value=record.value, reason=reason, stage=stage))
             for record, reason in dead
         ))
+
+
+class _Policy(msgspec.Struct):
+    policy: str | None = None
+
+
+_policy_decoder = msgspec.json.Decoder(_Policy)
+
+
+def _policy_of(record: Record) -> str | None:
+    """The policy a record is stamped with, read before the batch is folded so the book can catch up first."""
+    try:
+        return _policy_decoder.decode(record.value or b"").policy
+    except msgspec.DecodeError:
+        return None  # the fold dead-letters it
 
 
 class _Actor(msgspec.Struct):
@@ -114,7 +132,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
     topic = domain_topic(app, settings, domain.name)
     log = worker_log(app, settings)
     states = raw_table(app, settings, domain.state_table)
-    folder = domain.folder(settings)
+    folder = domain.folder_under(settings, log.policies.book)
     codec = domain.state_codec
     # States folded but not yet in the table, coalesced per key: written every state_flush_interval_s and
     # always before an offset commit, so a committed record's effect is on the changelog. A crash loses only
@@ -165,6 +183,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
             if wrong := [r for r in records if misplaced(r, settings.topic_partitions)]:
                 await reroute(wrong)
                 records = [r for r in records if r not in wrong]
+            await log.policies.knows(_policy_of(r) for r in records)
             result = fold_batch(records, load_state, folder, unwritten)
             # Emissions are acknowledged before the state that includes them is written, so a
             # crash in between re-emits the same ids (deduplicated downstream) instead of losing them.

@@ -188,6 +188,9 @@ async def test_replay_verify_is_clean_after_projection_and_reports_corruption(se
     assert (report.records, report.not_archived, report.not_folded, report.live_lag) == (len(domain), 1, 1, 0)
     compared = {t.table: t.compared for t in report.tables}
     assert (compared.pop("events"), compared.pop("conversation_sessions")) == (len({e.event_id for e in log}), len(sessions))
+    # Search covers every domain's events: one row per archived event, one per tenant and event type.
+    assert (compared.pop("workflow_search"), compared.pop("workflow_search_types")) == (
+        len({e.event_id for e in log}), len({(e.tenant_id, e.type) for e in log}))
     assert set(compared.values()) == {0}  # every other domain's read models, compared and empty
     assert seen[0] == (0, len(domain)) and seen[-1] == (len(domain), len(domain))
 

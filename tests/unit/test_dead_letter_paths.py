@@ -23,26 +23,24 @@ from streams.app import create_app
 from streams.deadletter import DeadLetter, parse_dead_letter
 from streams.domains.conversations import DOMAIN
 from streams.settings import Settings
-from streams.topics import effects_topic
-from tests.fixtures.policies import NoPolicies
 from tests.fixtures.conversation_logs import answers, inbound
+from tests.fixtures.policies import NoPolicies
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SETTINGS = Settings(topic_partitions=1)  # every key belongs on partition 0: nothing is re-routed
 TOPIC = SETTINGS.topic("conversations")
-EFFECTS_TOPIC = effects_topic(SETTINGS, "conversations")
 
 
 def message(contact: str, wamid: str, text: str = "hola", at: datetime = T0) -> Envelope:
     return inbound("acme", contact, wamid, at, text=text)
 
 
-def records(envelopes: Sequence[Envelope | tuple[bytes, bytes]], topic: str = TOPIC, partition: int = 0) -> list[Record]:
+def records(envelopes: Sequence[Envelope | tuple[bytes, bytes]], partition: int = 0) -> list[Record]:
     """Records in log order; a (key, value) pair stands for bytes that are no envelope."""
     out = []
     for offset, item in enumerate(envelopes):
         key, value = item if isinstance(item, tuple) else (item.stream_id.encode(), encode(item))
-        out.append(Record(topic, partition, offset, key, value))
+        out.append(Record(TOPIC, partition, offset, key, value))
     return out
 
 
@@ -97,14 +95,14 @@ class RecordingLog(streaming.WorkerLog):
         self.sent: list[tuple[str, bytes | None, bytes]] = []
         self.policies = NoPolicies(settings)
 
-    async def send_all(self, topic: str, records: Any, *_args: Any, **_kwargs: Any) -> None:
+    async def send_all(self, topic: str, records: Any) -> None:
         self.sent += [(topic, key, value) for key, value in records]
 
     def dead_letters(self) -> list[DeadLetter]:
         return [parse_dead_letter(value) for topic, _, value in self.sent if topic == SETTINGS.deadletter_topic]
 
-    def events(self, on: str = TOPIC) -> list[Envelope]:
-        return [decode(value) for topic, _, value in self.sent if topic == on]
+    def events(self) -> list[Envelope]:
+        return [decode(value) for topic, _, value in self.sent if topic == TOPIC]
 
 
 class _Message:
@@ -168,9 +166,7 @@ async def test_the_fold_agent_dead_letters_a_failing_fold_with_its_stage_and_fol
     assert (decode_letter.offset, decode_letter.raw_value()) == (2, garbage[1])
     # The others were folded: their routing requests are on the log, in order (their states wait for the
     # next flush, which needs a running producer and is the fold_batch test's business).
-    # The fold applied them as it emitted them: they go to the effects topic alone.
-    requested = [e for e in log.events(EFFECTS_TOPIC) if e.type == "conversation.routing.requested"]
-    assert not [e for e in log.events() if e.type == "conversation.routing.requested"]
+    requested = [e for e in log.events() if e.type == "conversation.routing.requested"]
     assert [e.causation_id for e in requested] == [message("1", "w1").event_id, message("1", "w3").event_id]
 
 
@@ -178,24 +174,12 @@ async def test_the_effect_agent_dead_letters_an_exception_and_publishes_the_othe
     app, log = worker
     boom = routing_request(message("1", "w1", "boom"))
     fine = routing_request(message("2", "w2", "hola"))
-    batch = records([boom, fine], EFFECTS_TOPIC)
+    batch = records([message("1", "w1", "boom"), boom, fine])
     await app.agents["conversations.effects"].fun(_Stream(batch))
 
     (letter,) = log.dead_letters()
     assert (letter.stage, letter.reason) == ("effects:conversations", "effect: RuntimeError: classifier exploded")
-    assert (letter.source_topic, letter.partition, letter.offset) == (EFFECTS_TOPIC, 0, 0)
+    assert (letter.source_topic, letter.partition, letter.offset) == (TOPIC, 0, 1)
     assert decode(letter.raw_value()).event_id == boom.event_id
     assert [(e.type, e.causation_id) for e in log.events()] == [
         ("conversation.message.routed", fine.event_id), ("conversation.reply.requested", fine.event_id)]
-
-
-async def test_the_effect_agent_dead_letters_what_is_no_effect_request(worker) -> None:
-    app, log = worker
-    garbage = (b"conversation:acme:1", b"\xff not an envelope")
-    await app.agents["conversations.effects"].fun(_Stream(records([message("1", "w1"), garbage], EFFECTS_TOPIC)))
-
-    stray, undecodable = log.dead_letters()
-    assert (stray.stage, stray.reason) == (
-        "effects:conversations", "not an effect request of this domain: 'conversation.message.received'")
-    assert undecodable.stage == "effects:conversations" and undecodable.reason.startswith("decode: ")
-    assert (undecodable.source_topic, undecodable.offset) == (EFFECTS_TOPIC, 1)
