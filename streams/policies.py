@@ -1,7 +1,7 @@
 """The policy book: every policy adopted on the log (schemas.policies), read from the policies topic.
 
 Edges stamp each event with the hash of its tenant's policy in force (`stamp`); folds resolve a stamped hash to
-their section (`section`). Both read the same book, which only grows: a hash once adopted names the same
+their section (`config`). Both read the same book, which only grows: a hash once adopted names the same
 policy for good, so a stamped event decides the same way live and in every replay.
 """
 
