@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas import Envelope, EventCatalog
 from streams.errors import StreamsError
-from streams.settings import Settings, get_settings
+from streams.settings import Settings, get_settings, loaded
 
 if TYPE_CHECKING:  # the registry sits below every domain: it imports none of their layers at run time
     import faust
@@ -62,8 +62,6 @@ class DomainPolicy:
     @classmethod
     def of(cls, model: Any, settings: type) -> DomainPolicy:
         """The policy whose configured section is the model's fields of a settings class (BATON_* variables)."""
-        from streams.settings import loaded
-
         def configured() -> dict[str, Any]:
             values = loaded(settings).model_dump(include=set(model.model_fields))  # type: ignore[attr-defined]
             return model.model_validate(values).model_dump(mode="json")
