@@ -79,6 +79,7 @@ class Domain:
 
     name: str
     catalog: EventCatalog
+    # The fold under the built-in policy: never configured from the environment (folder_under adds stamps).
     folder: Callable[[Settings], Folder]
     # The worker's table of states (key = stream id); its changelog is what the projector reads.
     state_table: str
@@ -105,8 +106,7 @@ class Domain:
         if self.policy is None:
             return folder
         parse = self.policy.parse
-        return replace(folder, config=parse({}),
-                                   config_of=lambda policy: book.config(policy, self.name, parse))
+        return replace(folder, config_of=lambda policy: book.config(policy, self.name, parse))
 
     def rows_of(self, state: Any) -> list[tuple[ReadModel, tuple]]:
         """Each read model's rows for one state, as the projector and replay write them."""

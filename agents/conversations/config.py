@@ -47,10 +47,10 @@ POLICY = DomainPolicy.of(ConversationsPolicy, ConversationsSettings)
 
 
 def conversation_folder(_settings: Settings) -> Folder:
-    """The conversation fold, configured from settings, with its session-boundary rule."""
+    """The conversation fold under the built-in policy, with its session-boundary rule."""
     return Folder(
         fold=fold,
-        config=loaded(ConversationsSettings).fold_config(),
+        config=ConversationsPolicy().fold_config(),
         ends_state=lambda envelope: envelope.type == "conversation.session.expired",
         on_duplicate=count_duplicate,
     )

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agents.batching import Folder
 from agents.learning.fold import FoldConfig, fold
 from streams.registry import DomainPolicy
-from streams.settings import Settings, loaded
+from streams.settings import Settings
 
 if TYPE_CHECKING:
     from agents.learning.effects import SignalsEffect
@@ -77,8 +77,8 @@ class LearningSettings(LearningPolicy, BaseSettings):
 
 
 def learning_folder(_settings: Settings) -> Folder:
-    """The learner fold with its bounds from settings."""
-    return Folder(fold=fold, config=loaded(LearningSettings).fold_config())
+    """The learner fold under the built-in policy (the spine decides each event under its stamped one)."""
+    return Folder(fold=fold, config=LearningPolicy().fold_config())
 
 
 POLICY = DomainPolicy.of(LearningPolicy, LearningSettings)

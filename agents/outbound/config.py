@@ -79,8 +79,8 @@ POLICY = DomainPolicy.of(OutboundPolicy, OutboundSettings)
 
 
 def outbound_folder(_settings: Settings) -> Folder:
-    """The outbound fold with the policy of BATON_OUTBOUND_*."""
-    return Folder(fold=fold, config=loaded(OutboundSettings).fold_config())
+    """The outbound fold under the built-in policy (the spine decides each event under its stamped one)."""
+    return Folder(fold=fold, config=OutboundPolicy().fold_config())
 
 
 def build_effects(settings: Settings) -> OutboundEffects:

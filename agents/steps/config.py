@@ -107,8 +107,8 @@ class StepsSettings(StepsPolicy, BaseSettings):
 
 
 def steps_folder(_settings: Settings) -> Folder:
-    """The steps fold with its defaults from BATON_STEPS_*."""
-    return Folder(fold=fold, config=loaded(StepsSettings).fold_config())
+    """The steps fold under the built-in policy (the spine decides each event under its stamped one)."""
+    return Folder(fold=fold, config=StepsPolicy().fold_config())
 
 
 POLICY = DomainPolicy.of(StepsPolicy, StepsSettings)

@@ -84,7 +84,7 @@ def fold_config(settings: WorkflowSettings, templates: Templates | None = None, 
 
 
 def workflow_folder(_settings: object) -> Folder:
-    """The workflow fold configured from the environment (BATON_WORKFLOW_*)."""
+    """The workflow fold under the built-in policy (the spine decides each event under its stamped one)."""
     from agents.workflow.fold import fold
 
-    return Folder(fold=fold, config=fold_config(loaded(WorkflowSettings)))
+    return Folder(fold=fold, config=WorkflowPolicy().fold_config())
