@@ -143,6 +143,26 @@ class ReplyFailed(Payload, frozen=True, kw_only=True):
     sender: str
 
 
+class MessageAnswered(Payload, frozen=True, kw_only=True):
+    """One effect run's outcome for an inbound message routed without a model: lane, ticket, reply and its send.
+
+    It stands for message.routed, ticket.opened, reply.requested and reply.sent (or reply.failed) of a routing that
+    needed no model call: whatsapp_message_id is set when the reply was handed to the sender, failure_reason when not.
+    """
+
+    session_id: uuid.UUID
+    contact: str
+    message_event_id: uuid.UUID
+    lane: Lane
+    method: Literal["rules"] = "rules"
+    matched: tuple[str, ...] = ()
+    ticket_id: str | None = None
+    reply_text: str
+    sender: str
+    whatsapp_message_id: str | None = None
+    failure_reason: str | None = None
+
+
 class StatusUpdated(Payload, frozen=True, kw_only=True):
     """WhatsApp reported a delivery status for a message Baton sent."""
 
@@ -177,6 +197,7 @@ CONVERSATION_EVENTS: dict[str, type[Payload]] = {
     "conversation.reply.requested": ReplyRequested,
     "conversation.reply.sent": ReplySent,
     "conversation.reply.failed": ReplyFailed,
+    "conversation.message.answered": MessageAnswered,
     "conversation.status.updated": StatusUpdated,
     "conversation.contact.linked": ContactLinked,
     "conversation.contact.unlinked": ContactUnlinked,

@@ -18,6 +18,7 @@ from schemas.conversations import (
     ROUTABLE_TYPES,
     ContactLinked,
     ContactUnlinked,
+    MessageAnswered,
     MessageReceived,
     MessageRouted,
     ReplyFailed,
@@ -116,7 +117,7 @@ _STATUS_RANK = {"requested": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 
 
 DEFAULT_CONFIG = FoldConfig()
 
-_SESSION_SCOPED = (MessageRouted, TicketOpened, ReplyRequested, ReplySent, ReplyFailed)
+_SESSION_SCOPED = (MessageRouted, MessageAnswered, TicketOpened, ReplyRequested, ReplySent, ReplyFailed)
 
 
 def fold(
@@ -248,6 +249,8 @@ def _apply(state: ConversationState, envelope: Envelope, config: FoldConfig) -> 
             "dialogue": _update_turn(state.dialogue, lambda t: t.role == "contact"
                                      and t.event_id == payload.message_event_id, lane=payload.lane),
         }
+    if isinstance(payload, MessageAnswered):
+        return _answered(state, envelope, payload, config)
     if isinstance(payload, TicketOpened):
         return {"tickets": _bounded([*state.tickets, payload.ticket_id], config.max_tickets)}
     if isinstance(payload, ReplyRequested):
@@ -259,16 +262,9 @@ def _apply(state: ConversationState, envelope: Envelope, config: FoldConfig) -> 
             "next_seq": state.next_seq + 1,
         }
     if isinstance(payload, ReplySent):
-        wamid = payload.whatsapp_message_id
         dialogue = _advance(state.dialogue, lambda t: t.event_id == payload.reply_event_id, "sent",
-                            whatsapp_message_id=wamid)
-        early = [p for p in state.pending_statuses if p.whatsapp_message_id == wamid]
-        for pending in early:  # statuses that overtook this reply.sent on the log
-            dialogue = _advance(dialogue, lambda t: t.whatsapp_message_id == wamid, pending.status)
-        changes = {"replies_sent": state.replies_sent + 1, "dialogue": dialogue}
-        if early:
-            changes["pending_statuses"] = [p for p in state.pending_statuses if p.whatsapp_message_id != wamid]
-        return changes
+                            whatsapp_message_id=payload.whatsapp_message_id)
+        return {"replies_sent": state.replies_sent + 1, **_early_statuses(state, dialogue, payload.whatsapp_message_id)}
     if isinstance(payload, ReplyFailed):
         return {
             "replies_failed": state.replies_failed + 1,
@@ -284,6 +280,45 @@ def _apply(state: ConversationState, envelope: Envelope, config: FoldConfig) -> 
         pending = PendingStatus(whatsapp_message_id=wamid, status=payload.status, at=envelope.occurred_at)
         return {"pending_statuses": _bounded([*state.pending_statuses, pending], config.max_pending_statuses)}
     return {}  # session.started / session.expired / routing.requested: their effect is already applied
+
+
+def _answered(state: ConversationState, envelope: Envelope, payload: MessageAnswered,
+              config: FoldConfig) -> dict[str, Any]:
+    """Routed, answered and sent (or failed) in one effect run: the lane change, ticket and agent turn at once."""
+    change = LaneChange(lane=payload.lane, at=envelope.occurred_at, message_event_id=payload.message_event_id,
+                        method=payload.method)
+    sent = payload.whatsapp_message_id is not None
+    turn = Turn(seq=state.next_seq, role="agent", event_id=envelope.event_id, at=envelope.occurred_at,
+                message_type="text", text=payload.reply_text, lane=payload.lane,
+                whatsapp_message_id=payload.whatsapp_message_id, status="sent" if sent else "failed")
+    dialogue = _update_turn(state.dialogue, lambda t: t.role == "contact" and t.event_id == payload.message_event_id,
+                            lane=payload.lane)
+    changes: dict[str, Any] = {
+        "lane": payload.lane,
+        "lane_history": _bounded([*state.lane_history, change], config.max_lane_history),
+        "routed": {**state.routed, payload.lane: state.routed.get(payload.lane, 0) + 1},
+        "replies_requested": state.replies_requested + 1,
+        "replies_sent": state.replies_sent + sent,
+        "replies_failed": state.replies_failed + (not sent),
+        "next_seq": state.next_seq + 1,
+        "dialogue": _bounded([*dialogue, turn], config.max_dialogue_turns),
+    }
+    if payload.ticket_id is not None:
+        changes["tickets"] = _bounded([*state.tickets, payload.ticket_id], config.max_tickets)
+    if sent:
+        changes |= _early_statuses(state, changes["dialogue"], payload.whatsapp_message_id)  # type: ignore[arg-type]
+    return changes
+
+
+def _early_statuses(state: ConversationState, dialogue: list[Turn], wamid: str) -> dict[str, Any]:
+    """Apply the statuses that overtook the send naming wamid on the log."""
+    early = [p for p in state.pending_statuses if p.whatsapp_message_id == wamid]
+    for pending in early:
+        dialogue = _advance(dialogue, lambda t: t.whatsapp_message_id == wamid, pending.status)
+    changes: dict[str, Any] = {"dialogue": dialogue}
+    if early:
+        changes["pending_statuses"] = [p for p in state.pending_statuses if p.whatsapp_message_id != wamid]
+    return changes
 
 
 def _advance(dialogue: list[Turn], match: Callable[[Turn], bool], status: str, **changes: Any) -> list[Turn]:

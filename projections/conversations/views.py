@@ -209,7 +209,7 @@ async def daily_lanes(source: Source, tenant_id: str, days: int = 30) -> list[Da
         cur = await conn.execute(
             "WITH routed AS (SELECT m.occurred_at, r.payload->>'lane' AS lane FROM events r"
             "  JOIN events m ON m.event_id = (r.payload->>'message_event_id')::uuid"
-            "  WHERE r.tenant_id = %s AND r.type = 'conversation.message.routed')"
+            "  WHERE r.tenant_id = %s AND r.type IN ('conversation.message.routed', 'conversation.message.answered'))"
             " SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), lane, count(*) FROM routed"
             " WHERE occurred_at >= (SELECT max(occurred_at) FROM routed) - make_interval(days => %s)"
             " GROUP BY 1, 2 ORDER BY 1, 2", (tenant_id, days))

@@ -105,7 +105,9 @@ def test_dev_keeps_answering_while_its_worker_and_projector_are_killed(tmp_path:
             assert sum(r[3] for r in rows.values()) <= len(fake.sent()) <= CONTACTS * PER_CONTACT
             with psycopg.connect(dev_env(dev)["DATABASE_URL"]) as conn:
                 reasons = Counter(r for (r,) in conn.execute(
-                    "SELECT payload->>'reason' FROM events WHERE type = 'conversation.reply.failed'"))
+                    "SELECT coalesce(payload->>'reason', payload->>'failure_reason') FROM events"
+                    " WHERE type = 'conversation.reply.failed'"
+                    " OR (type = 'conversation.message.answered' AND payload->>'whatsapp_message_id' IS NULL)"))
             assert set(reasons) <= {"outcome unknown: the worker stopped during the send; not retried"}
             assert sum(reasons.values()) == sum(r[4] for r in rows.values())
             assert "worker exited with code -9" in dev.output() and "projector exited with code -9" in dev.output()

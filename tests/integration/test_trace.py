@@ -32,10 +32,10 @@ def test_a_message_is_traced_from_its_whatsapp_id_to_the_delivery_of_its_reply(r
     def sent():
         found = api.get("/v1/trace/wamid.trace.1")
         types = [hop["type"] for hop in found.json()["hops"]] if found.status_code == 200 else []
-        return "conversation.reply.sent" in types and found.json()
+        return "conversation.message.answered" in types and found.json()
 
     chain = eventually(sent, "the reply sent and traced")
-    outcome = next(h for h in chain["hops"] if h["type"] == "conversation.reply.sent")
+    outcome = next(h for h in chain["hops"] if h["type"] == "conversation.message.answered")
     # WhatsApp later reports the reply delivered: a separate webhook event, linked by the reply's message id.
     wamid_of_reply = _payload_field(runtime, outcome["event_id"], "whatsapp_message_id")
     status = {"type": "conversation.status.updated", "occurred_at": "2026-12-01T10:00:05Z",
@@ -50,19 +50,16 @@ def test_a_message_is_traced_from_its_whatsapp_id_to_the_delivery_of_its_reply(r
     hops = eventually(delivered, "the delivery status in the trace")
     types = [h["type"] for h in hops]
     assert types[0] == "conversation.message.received"
-    assert {"conversation.routing.requested", "conversation.message.routed", "conversation.reply.requested",
-            "conversation.reply.sent"} <= set(types)
-    assert types.index("conversation.reply.requested") < types.index("conversation.reply.sent")
+    # Routed by the rules, answered and sent in one effect run: one outcome event for the turn.
+    assert {"conversation.routing.requested", "conversation.message.answered"} <= set(types)
+    assert not {"conversation.message.routed", "conversation.reply.requested", "conversation.reply.sent"} & set(types)
+    assert types.index("conversation.routing.requested") < types.index("conversation.message.answered")
     # The other message of the same contact is a chain of its own.
     texts = [h["summary"] for h in hops if h["type"] == "conversation.message.received"]
     assert texts == ["text: ¿A qué hora abrís?"]
-    routed = next(h for h in hops if h["type"] == "conversation.message.routed")
-    assert routed["depth"] == 2 and routed["gap_ms"] is not None and routed["gap_ms"] >= 0
-    # Equal event times follow the log: the router wrote "routed" before "reply requested", on one partition.
-    requested = next(h for h in hops if h["type"] == "conversation.reply.requested")
-    assert routed["occurred_at"] == requested["occurred_at"] and routed["topic"] == requested["topic"]
-    assert routed["partition"] == requested["partition"] and routed["offset"] < requested["offset"]
-    assert types.index("conversation.message.routed") < types.index("conversation.reply.requested")
+    answered = next(h for h in hops if h["type"] == "conversation.message.answered")
+    assert answered["depth"] == 2 and answered["gap_ms"] is not None and answered["gap_ms"] >= 0
+    # Equal event times follow the log (the fold wrote session.started before routing.requested, on one partition).
     for same_time in {h["occurred_at"] for h in hops}:
         positions = [(h["topic"], h["partition"], h["offset"]) for h in hops if h["occurred_at"] == same_time]
         for place in {p[:2] for p in positions}:
@@ -79,7 +76,7 @@ def test_a_message_is_traced_from_its_whatsapp_id_to_the_delivery_of_its_reply(r
                              env=child_env(COLUMNS="250", **settings_env(runtime.settings)),
                              capture_output=True, text=True, timeout=60, check=False)
     assert printed.returncode == 0, printed.stderr
-    assert "conversation.reply.sent" in printed.stdout and "conversation.status.updated" in printed.stdout
+    assert "conversation.message.answered" in printed.stdout and "conversation.status.updated" in printed.stdout
 
 
 def _payload_field(runtime: Runtime, event_id: str, field: str) -> str:

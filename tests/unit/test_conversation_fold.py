@@ -24,6 +24,7 @@ from agents.conversations.fold import fold as conversation_fold
 from schemas import Envelope, derived_event_id, emitted, source_event_id
 from schemas.conversations import (
     Location,
+    MessageAnswered,
     MessageReceived,
     MessageRouted,
     ReplyFailed,
@@ -320,6 +321,34 @@ def test_a_pending_status_waits_only_for_its_own_message_id():
     final, _ = run([other, sent(reply, "wamid.out", T0 + timedelta(seconds=2))], state=state)
     assert final.dialogue[-1].status == "sent"
     assert [(p.whatsapp_message_id, p.status) for p in final.pending_statuses] == [("wamid.other", "read")]
+
+
+def one_run(request: Envelope, lane: str, wamid: str | None, at: datetime, ticket_id: str | None = None) -> Envelope:
+    """The message.answered an effect run without a model reports for a routing request."""
+    p = request.payload
+    answer = MessageAnswered(session_id=p.session_id, contact=p.contact, message_event_id=p.message_event_id,
+                             lane=lane, ticket_id=ticket_id, reply_text="Abrimos a las 8.", sender="log",
+                             whatsapp_message_id=wamid, failure_reason=None if wamid else "whatsapp 400")
+    return emitted(request, 0, answer, actor="effect:sender", occurred_at=at)
+
+
+def test_one_answered_event_routes_answers_and_sends_the_turn():
+    message = received("wamid.1", T0, "Mi pedido llegó roto")
+    state, out = fold(None, message, CONFIG)
+    answered_, _ = fold(state, one_run(out[1], "support", "wamid.out", T0 + timedelta(seconds=1), "TKT-1"), CONFIG)
+    assert (answered_.lane, answered_.routed, answered_.tickets) == ("support", {"support": 1}, ["TKT-1"])
+    assert (answered_.replies_requested, answered_.replies_sent, answered_.replies_failed) == (1, 1, 0)
+    assert [(t.role, t.lane, t.status, t.whatsapp_message_id, t.seq) for t in answered_.dialogue] == [
+        ("contact", "support", None, "wamid.1", 1), ("agent", "support", "sent", "wamid.out", 2)]
+    assert answered_.lane_history[-1].message_event_id == message.event_id
+
+    # A status that overtook the outcome waits for it, as one that overtook reply.sent does.
+    early, _ = run([status("wamid.out", "read", T0 + timedelta(seconds=1)),
+                    one_run(out[1], "support", "wamid.out", T0 + timedelta(seconds=2))], state=state)
+    assert early.dialogue[-1].status == "read" and early.pending_statuses == []
+
+    failed, _ = fold(state, one_run(out[1], "info", None, T0 + timedelta(seconds=1)), CONFIG)
+    assert (failed.replies_sent, failed.replies_failed, failed.dialogue[-1].status) == (0, 1, "failed")
 
 
 def test_pending_statuses_are_bounded_dropping_the_oldest():

@@ -76,12 +76,25 @@ def effects(classifier=None, sender=None, now: datetime = NOW) -> Effects:
     return Effects(TENANTS, sender or LogSender(), classifier, clock=lambda: now)
 
 
-async def test_rules_route_an_info_question_and_answer_from_the_faq():
+async def test_without_a_model_one_run_routes_answers_and_sends_as_one_event():
     message, request = routing_request("¿Cuál es el horario?")
-    routed, reply = await effects().run(request)
+    (answered,) = await effects().run(request)
+
+    assert answered.type == "conversation.message.answered"
+    p = answered.payload
+    assert (p.lane, p.method, p.matched, p.ticket_id) == ("info", "rules", ("horario",), None)
+    assert p.message_event_id == message.event_id and p.reply_text.startswith("Abrimos de lunes a sábado")
+    # Sent under the request's id (the sender's idempotency key), and reported with the message id it got.
+    assert (p.whatsapp_message_id, p.sender, p.failure_reason) == (f"wamid.baton.{request.event_id.hex}", "log", None)
+    assert answered.event_id == derived_event_id(request.event_id, 0)
+    assert (answered.actor, answered.occurred_at, answered.causation_id) == ("effect:sender", NOW, request.event_id)
+
+
+async def test_with_a_model_the_routing_is_logged_before_the_reply_is_requested():
+    message, request = routing_request("¿Cuál es el horario?")
+    routed, reply, _cost = await effects(FixedClassifier("info")).run(request)
 
     assert routed.type == "conversation.message.routed" and reply.type == "conversation.reply.requested"
-    assert (routed.payload.lane, routed.payload.method, routed.payload.model) == ("info", "rules", None)
     assert routed.payload.message_event_id == message.event_id and routed.payload.fallback_reason is None
     assert reply.payload.text.startswith("Abrimos de lunes a sábado")
     assert reply.payload.in_reply_to == message.event_id and reply.payload.lane == "info"
@@ -138,32 +151,44 @@ async def test_routing_through_the_shared_client_records_answered_and_unparseabl
 
 async def test_support_lane_opens_a_ticket_and_acknowledges_it():
     message, request = routing_request("Mi pedido llegó roto")
-    routed, ticket, reply = await effects().run(request)
+    (answered,) = await effects().run(request)
     expected = ticket_id_for(message.event_id)
+    assert (answered.payload.lane, answered.payload.ticket_id) == ("support", expected)
+    assert answered.payload.reply_text == f"Hemos abierto el ticket {expected}. Un agente te contactará pronto."
+
+    routed, ticket, reply, _cost = await effects(FailingClassifier()).run(request)
     assert routed.payload.lane == "support"
     assert ticket.type == "conversation.ticket.opened" and ticket.event_id == derived_event_id(request.event_id, 1)
     assert ticket.payload.ticket_id == expected and ticket.payload.summary == "Mi pedido llegó roto"
-    assert reply.payload.text == f"Hemos abierto el ticket {expected}. Un agente te contactará pronto."
-    assert reply.event_id == derived_event_id(request.event_id, 2)
+    assert reply.payload.text == answered.payload.reply_text and reply.event_id == derived_event_id(request.event_id, 2)
 
 
 async def test_reruns_emit_the_same_ids_and_payloads():
     _, request = routing_request("Mi pedido llegó roto")
-    first = await effects(now=NOW).run(request)
-    second = await effects(now=NOW + timedelta(minutes=5)).run(request)
-    assert [e.event_id for e in first] == [e.event_id for e in second]
-    assert [e.payload for e in first] == [e.payload for e in second]
+    for model in (None, FailingClassifier()):
+        first = await effects(model, now=NOW).run(request)
+        second = await effects(model, now=NOW + timedelta(minutes=5)).run(request)
+        assert [e.event_id for e in first] == [e.event_id for e in second]
+        assert [e.payload for e in first] == [e.payload for e in second]
 
 
-async def test_unknown_tenant_gets_an_apology_reply():
+async def test_unknown_tenant_gets_no_reply_and_the_failure_names_it():
     _, request = routing_request("¿Cuál es el horario?", tenant="ghost")
-    routed, reply = await effects().run(request)
-    assert routed.payload.lane == "info" and reply.payload.text == UNKNOWN_TENANT_REPLY
+    (answered,) = await effects().run(request)
+    p = answered.payload
+    assert (p.lane, p.reply_text, p.whatsapp_message_id) == ("info", UNKNOWN_TENANT_REPLY, None)
+    assert p.failure_reason == "unknown tenant 'ghost'"
+
+
+async def _requested_reply(request: Envelope) -> Envelope:
+    """The reply.requested a routing with a model asks for (the steps domain asks for one the same way)."""
+    return next(e for e in await effects(FixedClassifier("info")).run(request)
+                if e.type == "conversation.reply.requested")
 
 
 async def test_requested_reply_is_sent_and_reported():
     _, request = routing_request("¿Dónde están?")
-    reply = (await effects().run(request))[-1]
+    reply = await _requested_reply(request)
     (result,) = await effects().run(reply)
     assert result.type == "conversation.reply.sent" and result.event_id == derived_event_id(reply.event_id, 0)
     assert result.payload.reply_event_id == reply.event_id
@@ -171,18 +196,18 @@ async def test_requested_reply_is_sent_and_reported():
     assert result.actor == "effect:sender"
 
 
-async def test_send_failure_is_reported_as_reply_failed():
+async def test_send_failure_is_reported_with_the_senders_reason():
     _, request = routing_request("¿Dónde están?")
-    reply = (await effects().run(request))[-1]
-    (result,) = await effects(sender=RefusingSender()).run(reply)
+    (result,) = await effects(sender=RefusingSender()).run(await _requested_reply(request))
     assert result.type == "conversation.reply.failed" and result.payload.sender == "whatsapp"
     assert "131030" in result.payload.reason
+    (answered,) = await effects(sender=RefusingSender()).run(request)
+    assert answered.payload.whatsapp_message_id is None and "131030" in answered.payload.failure_reason
 
 
 async def test_reply_for_unknown_tenant_fails_without_sending():
     _, request = routing_request("hola", tenant="ghost")
-    reply = (await effects().run(request))[-1]
-    (result,) = await effects(sender=RefusingSender()).run(reply)
+    (result,) = await effects(sender=RefusingSender()).run(await _requested_reply(request))
     assert result.type == "conversation.reply.failed" and "ghost" in result.payload.reason
 
 
@@ -195,17 +220,24 @@ async def test_events_that_need_no_effect_produce_nothing():
 
 async def test_interrupted_send_is_reported_failed_under_the_id_of_the_real_result():
     message, request = routing_request("¿Dónde están?")
-    reply = (await effects().run(request))[-1]
-    assert reply.type in Effects.not_repeatable and request.type not in Effects.not_repeatable
-    (unknown,) = effects().unknown_outcome(reply)
-    (real,) = await effects().run(reply)
-    assert unknown.type == "conversation.reply.failed" and "outcome unknown" in unknown.payload.reason
-    assert unknown.event_id == real.event_id
+    with_model = effects(FixedClassifier("info"))
+    reply = await _requested_reply(request)
+    # A routing that sends is not repeatable; one that only asks a model is (the send is a run of its own).
+    assert {reply.type, request.type} <= effects().not_repeatable
+    assert reply.type in with_model.not_repeatable and request.type not in with_model.not_repeatable
+    assert with_model.unknown_outcome(request) == []
+    for asked in (request, reply):
+        (unknown,) = effects().unknown_outcome(asked)
+        (real,) = await effects().run(asked)
+        assert "outcome unknown" in (unknown.payload.failure_reason if asked is request else unknown.payload.reason)
+        assert unknown.event_id == real.event_id and unknown.type == real.type.replace("sent", "failed")
 
     # If the real result did reach the log first, the late failure report changes nothing.
     state, _ = fold(None, message, FoldConfig())
     state, _ = fold(state, request, FoldConfig())
-    for event in [*(await effects().run(request)), real, unknown]:
+    (real,) = await effects().run(request)
+    (unknown,) = effects().unknown_outcome(request)
+    for event in (real, unknown):
         state, _ = fold(state, event, FoldConfig())
     assert (state.replies_sent, state.replies_failed, state.dialogue[-1].status) == (1, 0, "sent")
 

@@ -76,6 +76,10 @@ EXAMPLES: dict[str, conv.Payload] = {
                                               whatsapp_message_id="wamid.out", sender="whatsapp"),
     "conversation.reply.failed": conv.ReplyFailed(session_id=SESSION, contact=CONTACT, reply_event_id=REPLY,
                                                   reason="whatsapp 400", sender="whatsapp"),
+    "conversation.message.answered": conv.MessageAnswered(
+        session_id=SESSION, contact=CONTACT, message_event_id=REPLY, lane="support", matched=("roto",),
+        ticket_id="TKT-1", reply_text="Hemos abierto el ticket TKT-1.", sender="whatsapp",
+        whatsapp_message_id="wamid.out"),
     "conversation.status.updated": conv.StatusUpdated(contact=CONTACT, whatsapp_message_id="wamid.out",
                                                       status="failed", error_code=131047, error_title="Re-engage"),
     "conversation.contact.linked": conv.ContactLinked(contact=CONTACT, user_id="user-1"),
