@@ -24,9 +24,7 @@ from streams.registry import Domain
 from streams.settings import Settings
 from streams.topics import key_partition, misplaced
 
-LEDGER_SIZE = 512
 log_ = logging.getLogger(__name__)
-_ledger_decoder = msgspec.json.Decoder(list[str])
 _logs: dict[int, WorkerLog] = {}  # one per app, shared by its agents
 
 
@@ -215,9 +213,95 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
         _register_effects(app, settings, domain, topic, log)
 
 
+# Batches per partition whose started requests the ledger remembers: a redelivered or re-emitted copy of a request
+# is recognised within this many effect batches of its partition (a crash re-reads only what followed the last commit).
+LEDGER_SLOTS = 1024
+
+
+class LedgerSlot(msgspec.Struct):
+    """The non-repeatable requests one effect batch started on one partition, the seq-th batch there."""
+
+    seq: int
+    ids: list[str]
+
+
+# A list is a ledger value of the format before slots: the ids started on one stream.
+_slot_decoder = msgspec.json.Decoder(LedgerSlot | list[str])
+
+
+class Ledger:
+    """Which non-repeatable effect requests have started, per partition of the domain topic.
+
+    Each batch writes one table record per partition it started requests on (a slot, reused every LEDGER_SLOTS
+    batches), under a key that the table's partitioner puts on that very partition, so the changelog partition
+    restored with a topic partition holds its ledger. What another worker wrote is read again after a rebalance.
+    """
+
+    def __init__(self, table: faust.Table, partitions: int) -> None:
+        self.table = table
+        self.partitions = partitions
+        self._started: dict[int, dict[str, bytes]] = {}  # per partition: request id → the slot key holding it
+        self._slots: dict[int, dict[bytes, list[str]]] = {}
+        self._seq: dict[int, int] = {}
+        self._keys: dict[tuple[int, int], bytes] = {}
+
+    def started(self, partition: int, event_id: str) -> bool:
+        self._load(partition)
+        return event_id in self._started[partition]
+
+    def record(self, partition: int, ids: list[str]) -> None:
+        """Write that these requests start now (the caller flushes the producer before running them)."""
+        self._load(partition)
+        seq = self._seq[partition] + 1
+        key = self._slot_key(partition, seq % LEDGER_SLOTS)
+        started = self._started[partition]
+        for old in self._slots[partition].pop(key, []):
+            if started.get(old) == key:
+                del started[old]
+        self.table[key] = msgspec.json.encode(LedgerSlot(seq, ids))
+        self._slots[partition][key] = ids
+        started.update(dict.fromkeys(ids, key))
+        self._seq[partition] = seq
+
+    def forget(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            for index in (self._started, self._slots, self._seq):
+                index.pop(partition, None)
+
+    def _load(self, partition: int) -> None:
+        if partition in self._seq:
+            return
+        slots: dict[bytes, list[str]] = {}
+        seq = 0
+        for key, value in self.table.items():
+            if key_partition(key, self.partitions) != partition or not value:
+                continue
+            slot = _slot_decoder.decode(value)
+            if isinstance(slot, LedgerSlot):
+                slots[key], seq = slot.ids, max(seq, slot.seq)
+            else:
+                slots[key] = slot
+        self._slots[partition] = slots
+        self._started[partition] = {event_id: key for key, ids in slots.items() for event_id in ids}
+        self._seq[partition] = seq
+
+    def _slot_key(self, partition: int, slot: int) -> bytes:
+        key = self._keys.get((partition, slot))
+        if key is None:
+            key = next(k for salt in range(1_000_000) if key_partition(
+                k := f"ledger:{partition}:{slot}:{salt}".encode(), self.partitions) == partition)
+            self._keys[(partition, slot)] = key
+        return key
+
+
 def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: WorkerLog) -> None:
     effects = domain.effects(settings)  # type: ignore[misc]
-    ledger = raw_table(app, settings, domain.ledger_table)  # type: ignore[arg-type]
+    ledger = Ledger(raw_table(app, settings, domain.ledger_table), settings.topic_partitions)  # type: ignore[arg-type]
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
+        # Another worker starts requests on these partitions now: their slots are read again once assigned back.
+        ledger.forget({tp.partition for tp in revoked if tp.topic == topic.get_topic_name()})
 
     @app.agent(topic, concurrency=1, name=f"{domain.name}.effects")
     async def effects_agent(stream: faust.StreamT) -> None:
@@ -237,26 +321,23 @@ def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic:
             return await effects.run(envelope)
 
     async def run_effects(requests: list[tuple[Record, Envelope]]) -> None:
-        started: dict[str, list[str]] = {}
+        starting: dict[int, list[str]] = {}
         todo: list[tuple[Record, Envelope]] = []
         outputs: list[Envelope] = []
         for record, envelope in requests:
             if envelope.type in effects.not_repeatable:
-                key = envelope.stream_id
-                if key not in started:
-                    started[key] = _ledger_decoder.decode(ledger.get(key.encode()) or b"[]")
-                if envelope.event_id.hex in started[key]:
-                    # Started before a crash or redelivered: never run again. The result carries the same
-                    # event id as the original outcome, so whichever reached the log first wins.
+                if ledger.started(record.partition, envelope.event_id.hex):
+                    # Started before a crash, redelivered or emitted again: never run again. The result carries the
+                    # same event id as the original outcome, so whichever reached the log first wins.
                     outputs.extend(effects.unknown_outcome(envelope))
                     metrics.EFFECTS.labels(domain.name, envelope.type, "unknown").inc()
                     continue
-                started[key].append(envelope.event_id.hex)
+                starting.setdefault(record.partition, []).append(envelope.event_id.hex)
             todo.append((record, envelope))
-        if started:
+        if starting:
             # Repeatable effects just run again after a crash; a non-repeatable one is recorded before it runs.
-            for key, ids in started.items():
-                ledger[key.encode()] = msgspec.json.encode(ids[-LEDGER_SIZE:])
+            for partition, ids in starting.items():
+                ledger.record(partition, ids)
             await app.producer.flush()
         results = await asyncio.gather(*(timed(env) for _, env in todo), return_exceptions=True)
         failed: list[tuple[Record, str]] = []
