@@ -127,15 +127,22 @@ def load_domains(settings: Settings | None = None) -> tuple[Domain, ...]:
     """The built-in domains and the configured extra ones, loaded once per process."""
     settings = settings or get_settings()
     extra = tuple(path.strip() for path in settings.extra_domains.split(",") if path.strip())
-    return _load((*builtin_domains(), *extra))
+    return _load((*builtin_domains(settings.domains), *extra))
 
 
 @cache
-def builtin_domains() -> tuple[str, ...]:
-    """`module:DOMAIN` of every package in streams/domains/."""
+def builtin_domains(names: str = "") -> tuple[str, ...]:
+    """`module:DOMAIN` of every package in streams/domains/, or of those named (comma-separated; policies always)."""
     package = importlib.import_module(BUILTIN_PACKAGE)
-    return tuple(f"{BUILTIN_PACKAGE}.{module.name}:DOMAIN"
-                 for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name))
+    found = {module.name: f"{BUILTIN_PACKAGE}.{module.name}:DOMAIN"
+             for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name)}
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    if not wanted:
+        return tuple(found.values())
+    if unknown := wanted - found.keys():
+        raise DomainError(f"BATON_DOMAINS names {', '.join(sorted(unknown))}: the built-in domains are"
+                          f" {', '.join(found)}")
+    return tuple(path for name, path in found.items() if name in wanted | {"policies"})
 
 
 @cache

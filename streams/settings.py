@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(None, validation_alias=_env("ANTHROPIC_BASE_URL"))
 
     extra_domains: str = ""
+    domains: str = ""  # the built-in domains to register, comma-separated; empty: all (policies always)
     broker_profile: Literal["embedded", "kafka"] = "embedded"
     app_id: str = "baton"
     topic_prefix: str = "baton."
