@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(500, ge=1)
     worker_batch_max: int = Field(1000, ge=1)
     worker_batch_within_s: float = Field(0.01, gt=0)
-    fetch_wait_ms: int = Field(100, ge=1, le=10_000)
+    fetch_wait_ms: int = Field(200, ge=1, le=10_000)
     state_flush_interval_s: float = Field(0.2, gt=0)
     projector_batch_max: int = Field(2000, ge=1)
     projector_batch_within_s: float = Field(0.01, gt=0)
