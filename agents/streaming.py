@@ -225,7 +225,7 @@ class LedgerSlot(msgspec.Struct):
     ids: list[str]
 
 
-# A list is a ledger value of the format before slots: the ids started on one stream.
+# A list is a ledger value of the format before slots, keyed by stream id: the ids started on that stream.
 _slot_decoder = msgspec.json.Decoder(LedgerSlot | list[str])
 
 
@@ -245,9 +245,12 @@ class Ledger:
         self._seq: dict[int, int] = {}
         self._keys: dict[tuple[int, int], bytes] = {}
 
-    def started(self, partition: int, event_id: str) -> bool:
+    def started(self, partition: int, stream_id: str, event_id: str) -> bool:
         self._load(partition)
-        return event_id in self._started[partition]
+        if event_id in self._started[partition]:
+            return True
+        before_slots = self.table.get(stream_id.encode())
+        return before_slots is not None and event_id in _slot_decoder.decode(before_slots)  # type: ignore[operator]
 
     def record(self, partition: int, ids: list[str]) -> None:
         """Write that these requests start now (the caller flushes the producer before running them)."""
@@ -276,11 +279,8 @@ class Ledger:
         for key, value in self.table.items():
             if key_partition(key, self.partitions) != partition or not value:
                 continue
-            slot = _slot_decoder.decode(value)
-            if isinstance(slot, LedgerSlot):
+            if isinstance(slot := _slot_decoder.decode(value), LedgerSlot):
                 slots[key], seq = slot.ids, max(seq, slot.seq)
-            else:
-                slots[key] = slot
         self._slots[partition] = slots
         self._started[partition] = {event_id: key for key, ids in slots.items() for event_id in ids}
         self._seq[partition] = seq
@@ -326,7 +326,7 @@ def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic:
         outputs: list[Envelope] = []
         for record, envelope in requests:
             if envelope.type in effects.not_repeatable:
-                if ledger.started(record.partition, envelope.event_id.hex):
+                if ledger.started(record.partition, envelope.stream_id, envelope.event_id.hex):
                     # Started before a crash, redelivered or emitted again: never run again. The result carries the
                     # same event id as the original outcome, so whichever reached the log first wins.
                     outputs.extend(effects.unknown_outcome(envelope))
