@@ -89,14 +89,15 @@ class Effects:
         if isinstance(payload, ReplyRequested):
             return [self._send_result(envelope, payload, reason=UNKNOWN_OUTCOME)]
         if isinstance(payload, RoutingRequested) and self.lane_model is None:
-            return [self._answered(envelope, replace(self._rules_answer(envelope, payload),
-                                                     failure_reason=UNKNOWN_OUTCOME))]
+            answer = self._rules_answer(payload, self.tenants.get(envelope.tenant_id))
+            return [self._answered(envelope, replace(answer, failure_reason=UNKNOWN_OUTCOME))]
         return []
 
     async def _route(self, envelope: Envelope, request: RoutingRequested) -> list[Envelope]:
         if self.lane_model is None:
-            answer = self._rules_answer(envelope, request)
-            message_id, reason = await self._deliver(envelope, request.contact, answer.reply_text)
+            tenant = self._tenant(envelope)
+            answer = self._rules_answer(request, tenant)
+            message_id, reason = await self._deliver(envelope, tenant, request.contact, answer.reply_text)
             return [self._answered(envelope, replace(answer, whatsapp_message_id=message_id,
                                                      failure_reason=reason or None))]
         routed, completion = await self._decide(request)
@@ -127,12 +128,11 @@ class Effects:
             log.warning("effects.unknown_tenant", tenant=envelope.tenant_id, event_id=str(envelope.event_id))
         return tenant
 
-    def _rules_answer(self, envelope: Envelope, request: RoutingRequested) -> MessageAnswered:
+    def _rules_answer(self, request: RoutingRequested, tenant: Tenant | None) -> MessageAnswered:
         """The rules' lane and the ticket and reply it leads to, not sent yet."""
         decision = route_by_rules(request.text)
         ticket_id = ticket_id_for(request.message_event_id) if decision.lane == "support" else None
-        text = (answer_support(ticket_id) if ticket_id is not None
-                else _answer(decision.lane, request.text, self.tenants.get(envelope.tenant_id)))
+        text = answer_support(ticket_id) if ticket_id is not None else _answer(decision.lane, request.text, tenant)
         return MessageAnswered(session_id=request.session_id, contact=request.contact,
                                message_event_id=request.message_event_id, lane=decision.lane,
                                matched=decision.matched, ticket_id=ticket_id, reply_text=text, sender=self.sender.name)
@@ -161,9 +161,9 @@ class Effects:
         decision = route_by_rules(request.text)
         return MessageRouted(**common, lane=decision.lane, method="rules", fallback_reason=fallback_reason), completion
 
-    async def _deliver(self, envelope: Envelope, contact: str, text: str) -> tuple[str | None, str]:
+    async def _deliver(self, envelope: Envelope, tenant: Tenant | None, contact: str,
+                       text: str) -> tuple[str | None, str]:
         """Hand a reply to the sender, keyed by the requesting event: (WhatsApp message id, "") or (None, reason)."""
-        tenant = self._tenant(envelope)
         if tenant is None:
             return None, f"unknown tenant {envelope.tenant_id!r}"
         try:
@@ -174,7 +174,7 @@ class Effects:
             return None, exc.reason[:500]
 
     async def _send(self, envelope: Envelope, request: ReplyRequested) -> Envelope:
-        message_id, reason = await self._deliver(envelope, request.contact, request.text)
+        message_id, reason = await self._deliver(envelope, self._tenant(envelope), request.contact, request.text)
         return self._send_result(envelope, request, message_id=message_id, reason=reason)
 
     def _send_result(self, envelope: Envelope, request: ReplyRequested, *, message_id: str | None = None,

@@ -22,7 +22,8 @@ from projections.connections import Source, connection
 LINKING_FIELDS = ("whatsapp_message_id", "message_id")
 # Payload fields an operator may look an event up by.
 LOOKUP_FIELDS = (*LINKING_FIELDS, "execution_id", "task_code", "code", "intent_id", "fingerprint")
-SUMMARY_FIELDS = ("text", "reason", "failure_reason", "reply_text", "status", "lane", "decision", "phase", "error", "intent", "title")
+SUMMARY_FIELDS = ("text", "reason", "failure_reason", "reply_text", "status", "lane", "decision", "phase", "error",
+                  "intent", "title")
 MAX_ROUNDS = 6
 
 

@@ -37,7 +37,8 @@ def test_a_slot_is_reused_after_ledger_slots_batches_and_forgets_what_it_held():
         ledger.record(0, [f"id{n}"])
     assert ledger.started(0, STREAM, "first") and len(table) == LEDGER_SLOTS
     ledger.record(0, ["late"])
-    assert not ledger.started(0, STREAM, "first") and ledger.started(0, STREAM, "late") and ledger.started(0, STREAM, "id0")
+    assert not ledger.started(0, STREAM, "first")
+    assert ledger.started(0, STREAM, "late") and ledger.started(0, STREAM, "id0")
     assert len(table) == LEDGER_SLOTS
 
 
@@ -55,6 +56,7 @@ def test_ids_of_the_format_before_slots_still_count_for_their_stream():
     table = {stream.encode(): msgspec.json.encode(["old1", "old2"])}
     ledger = Ledger(table, PARTITIONS)
     partition = key_partition(stream.encode(), PARTITIONS)
-    assert ledger.started(partition, stream, "old2") and not ledger.started(partition, "conversation:acme:other", "old2")
+    assert ledger.started(partition, stream, "old2")
+    assert not ledger.started(partition, "conversation:acme:other", "old2")
     ledger.record(partition, ["new1"])  # slots and the streams' lists live side by side
     assert ledger.started(partition, stream, "old1") and ledger.started(partition, stream, "new1")
