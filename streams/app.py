@@ -57,8 +57,10 @@ class _Consumer(faust_kafka.Consumer):
         changelogs = self.app.tables.changelog_topics
         fresh = [tp for tp in self.assignment() if tp.topic not in changelogs and self._committed_offset[tp] is None]
         self._log_start = dict(await self.earliest_offsets(*fresh)) if fresh else {}
-        for tp, offset in self._log_start.items():
-            await self.seek(tp, offset)
+        if self._log_start:
+            # On the consumer's own thread: a seek from here races its fetch (aiokafka's fetcher is not
+            # thread-safe; a worker crashed with a KeyError in fetched_records).
+            await self._thread.seek_wait(self._log_start)
 
     async def _commit_tps(self, tps, start_new_transaction: bool) -> bool:
         # Agents may keep table writes in memory (coalesced per key); they must reach the changelog before the
