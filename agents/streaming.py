@@ -122,13 +122,14 @@ def worker_log(app: faust.App, settings: Settings) -> WorkerLog:
 
 
 def register_domain(app: faust.App, settings: Settings, domain: Domain,
-                    on_fold: Callable[[int], None] | None = None) -> None:
-    """Attach the domain's fold agent (and effect agent, when it has effects) and tables to the app.
+                    on_fold: Callable[[int], None] | None = None) -> EffectRunner | None:
+    """Attach the domain's fold agent and tables to the app, and its effect runner when it has effects.
 
     on_fold(n) observes each folded batch of n records.
     """
     topic = domain_topic(app, settings, domain.name)
     log = worker_log(app, settings)
+    effects = EffectRunner(app, settings, domain, topic, log) if domain.effects is not None else None
     states = raw_table(app, settings, domain.state_table)
     folder = domain.folder_under(settings, log.policies.book)
     codec = domain.state_codec
@@ -194,6 +195,8 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
                     unwritten[key] = (partitions.get(key.encode(), -1), state)
                 else:
                     write(key, state)  # a state an event ended goes to the changelog as is
+            if effects is not None:
+                await effects.hand_over(events)
             metrics.FOLDED.labels(domain.name).inc(len(events))
             if on_fold is not None:
                 on_fold(len(events))
@@ -209,8 +212,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
         log_.warning("re-routed %d %s record(s) found on partitions their keys do not belong to, by producer: %s",
                      len(wrong), domain.name, ", ".join(f"{actor} ({n})" for actor, n in sorted(actors.items())))
 
-    if domain.effects is not None:
-        _register_effects(app, settings, domain, topic, log)
+    return effects
 
 
 # Batches per partition whose started requests the ledger remembers: a redelivered or re-emitted copy of a request
@@ -294,33 +296,64 @@ class Ledger:
         return key
 
 
-def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: WorkerLog) -> None:
-    effects = domain.effects(settings)  # type: ignore[misc]
-    ledger = Ledger(raw_table(app, settings, domain.ledger_table), settings.topic_partitions)  # type: ignore[arg-type]
+# Effect batches the fold agent may hand over before it waits for the effects to catch up (backpressure).
+EFFECT_BATCHES_AHEAD = 4
 
-    @app.on_partitions_revoked.connect
-    async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
-        # Another worker starts requests on these partitions now: their slots are read again once assigned back.
-        ledger.forget({tp.partition for tp in revoked if tp.topic == topic.get_topic_name()})
 
-    @app.agent(topic, concurrency=1, name=f"{domain.name}.effects")
-    async def effects_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
-            requests: dict[uuid.UUID, tuple[Record, Envelope]] = {}
-            for record, envelope in (_effect_request(e, effects.effect_types) for e in events):
-                if misplaced(record, settings.topic_partitions):
-                    continue  # the fold agent forwards it to its key's partition: it runs from there
-                # A record redelivered within one batch is one request: its send must not look interrupted.
-                if envelope is not None and envelope.event_id not in requests:
-                    requests[envelope.event_id] = (record, envelope)
-            if requests:
-                await run_effects(list(requests.values()))
+class EffectRunner:
+    """A domain's effects, run beside its fold, in log order: each record of the domain topic is read once, by the fold
+    agent, which hands the effect requests among a batch's records over to this runner.
 
-    async def timed(envelope: Envelope) -> list[Envelope]:
-        with metrics.EFFECT_SECONDS.labels(domain.name, envelope.type).time():
-            return await effects.run(envelope)
+    A handed-over request's message keeps one reference until its effect has run, so its offset is committed only
+    then: a crash redelivers every request not yet run (to the fold agent, which hands it over again), and a
+    rebalance waits for the requests handed over on the partitions it revokes (Faust waits for unacked messages).
+    """
 
-    async def run_effects(requests: list[tuple[Record, Envelope]]) -> None:
+    def __init__(self, app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: WorkerLog) -> None:
+        self.app, self.settings, self.domain, self.log = app, settings, domain, log
+        self.effects = domain.effects(settings)  # type: ignore[misc]
+        self.ledger = Ledger(raw_table(app, settings, domain.ledger_table), settings.topic_partitions)  # type: ignore[arg-type]
+        self._batches: asyncio.Queue[list[tuple[Record, Envelope, Any]]] = asyncio.Queue(EFFECT_BATCHES_AHEAD)
+        topic_name = topic.get_topic_name()
+
+        @app.on_partitions_revoked.connect
+        async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
+            # Another worker starts requests on these partitions now: their slots are read again once assigned back.
+            self.ledger.forget({tp.partition for tp in revoked if tp.topic == topic_name})
+
+        @app.task
+        async def run_handed_over() -> None:
+            while True:
+                await self.run_next()
+
+    async def hand_over(self, events: Sequence[faust.EventT]) -> None:
+        """Queue the effect requests among a batch's events (the fold agent acks the batch once this returns)."""
+        requests: dict[uuid.UUID, tuple[Record, Envelope, Any]] = {}
+        for event in events:
+            record, envelope = _effect_request(event, self.effects.effect_types)
+            # A misplaced request runs from its key's partition, where the fold agent forwards it; a record
+            # redelivered within one batch is one request: its send must not look interrupted.
+            if envelope is None or envelope.event_id in requests or misplaced(record, self.settings.topic_partitions):
+                continue
+            event.message.incref()
+            requests[envelope.event_id] = (record, envelope, event.message)
+        if requests:
+            await self._batches.put(list(requests.values()))
+
+    async def run_next(self) -> None:
+        """Run the next handed-over batch, then release its messages for commit."""
+        batch = await self._batches.get()
+        await self.run([(record, envelope) for record, envelope, _ in batch])
+        for _, _, message in batch:
+            if message.ack(self.app.consumer):
+                self.app.sensors.on_message_out(message.tp, message.offset, message)
+
+    async def _timed(self, envelope: Envelope) -> list[Envelope]:
+        with metrics.EFFECT_SECONDS.labels(self.domain.name, envelope.type).time():
+            return await self.effects.run(envelope)
+
+    async def run(self, requests: list[tuple[Record, Envelope]]) -> None:
+        effects, ledger, name = self.effects, self.ledger, self.domain.name
         starting: dict[int, list[str]] = {}
         todo: list[tuple[Record, Envelope]] = []
         outputs: list[Envelope] = []
@@ -330,7 +363,7 @@ def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic:
                     # Started before a crash, redelivered or emitted again: never run again. The result carries the
                     # same event id as the original outcome, so whichever reached the log first wins.
                     outputs.extend(effects.unknown_outcome(envelope))
-                    metrics.EFFECTS.labels(domain.name, envelope.type, "unknown").inc()
+                    metrics.EFFECTS.labels(name, envelope.type, "unknown").inc()
                     continue
                 starting.setdefault(record.partition, []).append(envelope.event_id.hex)
             todo.append((record, envelope))
@@ -338,18 +371,17 @@ def _register_effects(app: faust.App, settings: Settings, domain: Domain, topic:
             # Repeatable effects just run again after a crash; a non-repeatable one is recorded before it runs.
             for partition, ids in starting.items():
                 ledger.record(partition, ids)
-            await app.producer.flush()
-        results = await asyncio.gather(*(timed(env) for _, env in todo), return_exceptions=True)
+            await self.app.producer.flush()
+        results = await asyncio.gather(*(self._timed(env) for _, env in todo), return_exceptions=True)
         failed: list[tuple[Record, str]] = []
         for (record, envelope), result in zip(todo, results, strict=True):
             if isinstance(result, BaseException):
                 failed.append((record, f"effect: {type(result).__name__}: {result}"))
             else:
                 outputs.extend(result)
-            metrics.EFFECTS.labels(domain.name, envelope.type,
-                                   "error" if isinstance(result, BaseException) else "ok").inc()
-        await log.publish(outputs)
-        await log.dead_letter(failed, f"effects:{domain.name}")
+            metrics.EFFECTS.labels(name, envelope.type, "error" if isinstance(result, BaseException) else "ok").inc()
+        await self.log.publish(outputs)
+        await self.log.dead_letter(failed, f"effects:{name}")
 
 
 def _record(event: faust.EventT) -> Record:

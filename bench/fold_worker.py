@@ -1,4 +1,4 @@
-"""The real conversation worker (fold + effects agents) as a benchmark child, reporting its fold rate.
+"""The real conversation worker (fold agent + effect runner) as a benchmark child, reporting its fold rate.
 
 Run as a child process with the Baton settings in the environment (settings_env) plus:
   BENCH_EXPECT=N          records pre-loaded on the conversations topic

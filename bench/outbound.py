@@ -6,7 +6,7 @@
    starts one real `baton worker` and reads the outbound topic until every message has its decision event:
    decisions/s from the first decision to the last, and from the worker's start (its start-up included).
    Messages are queued in daytime UTC for users without preferences, so each is approved and also sent
-   (log sender), as in production: the effects agent shares the machine.
+   (log sender), as in production: the effect runner shares the machine.
 2. Generates a month (`--days`) for `--sim-users` users in memory (preferences in four zones, about one message a
    user a day from four agents at random hours and priorities, some inbound activity) and times
    `agents.outbound.simulate` under another policy; its ticks are the simulated wake-ups.

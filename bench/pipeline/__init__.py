@@ -19,7 +19,7 @@ and the rest goes on.
    --seconds, each timed from its scheduled send time until it is visible: in the read model (one SQL
    probe for every delivery) and through GET /v1/conversations/{contact} (a sample, with a bounded GET
    budget); on the runtime with --latency-workers workers (default the first of --workers);
-3. the real worker's fold rate (fold + effects agents, bench/fold_worker.py) over N pre-loaded records;
+3. the real worker's fold rate (fold agent + effect runner, bench/fold_worker.py) over N pre-loaded records;
 4. the naive Faust agent and the bare stream iteration (bench/faust_baselines.py) over the same records;
 5. the Redis-lock peer (../shared/peers/redis_locks_peer.py, run where it lies, never copied) over the same
    N messages and contacts as (1), once, after Baton's services have stopped, when Redis (127.0.0.1:6379) and

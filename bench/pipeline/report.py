@@ -173,7 +173,7 @@ def fold_table(rates: FoldRates, fold_n: int, partitions: int) -> Table:
                           f"{pre['seconds']:.2f}", f"{pre['events_per_s']:,}", ratio(pre["events_per_s"], base_naive),
                           ratio(pre["events_per_s"], base_bare),
                           f"{pre['batches']} batches, mean {pre['mean_batch']}; in fold_batch {pre['fold_batch_s']} s; "
-                          f"worker CPU {pre['cpu_s'] / pre['seconds']:.2f} cores; effects agent running")
+                          f"worker CPU {pre['cpu_s'] / pre['seconds']:.2f} cores; effect runner running")
         if whole:
             table.add_row("Baton worker: everything folded (incl. emitted)", f"{whole['timed_events']:,}",
                           f"{whole['seconds']:.2f}", f"{whole['events_per_s']:,}",

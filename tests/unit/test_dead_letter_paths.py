@@ -108,7 +108,17 @@ class RecordingLog(streaming.WorkerLog):
 class _Message:
     def __init__(self, record: Record) -> None:
         self.topic, self.partition, self.offset = record.topic, record.partition, record.offset
+        self.tp = (record.topic, record.partition)
         self.key, self.value = record.key, record.value
+        self.refcount, self.acks = 1, 0  # the fold agent's reference
+
+    def incref(self) -> None:
+        self.refcount += 1
+
+    def ack(self, _consumer: Any) -> bool:
+        self.refcount -= 1
+        self.acks += self.refcount == 0
+        return self.refcount == 0
 
 
 class _Event:
@@ -142,18 +152,19 @@ class ExplodingEffects:
 
 
 @pytest.fixture
-def worker(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, RecordingLog]:
+def worker(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, RecordingLog, streaming.EffectRunner]:
     """A worker app with the conversations domain, its fold exploding on "boom" and its router too."""
     app = create_app(SETTINGS)
     log = RecordingLog(SETTINGS)
     monkeypatch.setitem(streaming._logs, id(app), log)
     domain = dataclasses.replace(DOMAIN, folder=exploding_folder, effects=lambda _settings: ExplodingEffects())
-    streaming.register_domain(app, SETTINGS, domain)
-    return app, log
+    runner = streaming.register_domain(app, SETTINGS, domain)
+    assert runner is not None
+    return app, log, runner
 
 
 async def test_the_fold_agent_dead_letters_a_failing_fold_with_its_stage_and_folds_the_rest(worker) -> None:
-    app, log = worker
+    app, log, _ = worker
     garbage = (b"conversation:acme:1", b"\xff not an envelope")
     batch = records([message("1", "w1"), message("1", "w2", "boom"), garbage, message("1", "w3")])
     await app.agents["conversations.fold"].fun(_Stream(batch))
@@ -170,12 +181,18 @@ async def test_the_fold_agent_dead_letters_a_failing_fold_with_its_stage_and_fol
     assert [e.causation_id for e in requested] == [message("1", "w1").event_id, message("1", "w3").event_id]
 
 
-async def test_the_effect_agent_dead_letters_an_exception_and_publishes_the_other_results(worker) -> None:
-    app, log = worker
+async def test_an_effect_exception_is_a_dead_letter_and_the_other_results_are_published(worker) -> None:
+    _, log, runner = worker
     boom = routing_request(message("1", "w1", "boom"))
     fine = routing_request(message("2", "w2", "hola"))
-    batch = records([message("1", "w1", "boom"), boom, fine])
-    await app.agents["conversations.effects"].fun(_Stream(batch))
+    events = [_Event(record) for record in records([message("1", "w1", "boom"), boom, fine])]
+    await runner.hand_over(events)
+    for event in events:
+        event.message.ack(None)  # the fold agent's ack, once hand_over returns
+    # The requests stay uncommittable until their effects have run; the inbound message is no request.
+    assert [e.message.acks for e in events] == [1, 0, 0]
+    await runner.run_next()
+    assert [e.message.acks for e in events] == [1, 1, 1]
 
     (letter,) = log.dead_letters()
     assert (letter.stage, letter.reason) == ("effects:conversations", "effect: RuntimeError: classifier exploded")
