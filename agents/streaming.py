@@ -52,13 +52,15 @@ class WorkerLog:
         return self._producer
 
     async def send_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes]],
-                       partition: Callable[[bytes | None], int | None] = lambda _key: None) -> None:
+                       partition: Callable[[bytes | None], int | None] = lambda _key: None) -> list[Record]:
+        """Send (key, value) pairs and wait until the broker has them; returns them where the broker stored them."""
         records = list(records)
         if not records:
-            return
+            return []
         producer = await self.producer()
         futures = [await producer.send(topic, value, key=key, partition=partition(key)) for key, value in records]
-        await asyncio.gather(*futures)
+        stored = await asyncio.gather(*futures)
+        return [Record(topic, at.partition, at.offset, key, value) for (key, value), at in zip(records, stored, strict=True)]
 
     async def forward(self, records: Sequence[Record], partitions: int) -> None:
         """Send records, unchanged, to the partition their key belongs on, and wait until the broker has them."""
@@ -68,14 +70,17 @@ class WorkerLog:
         await asyncio.gather(*(self.send_all(topic, pairs, lambda key: key_partition(key, partitions))
                                for topic, pairs in by_topic.items()))
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[tuple[Envelope, Record]]:
+        """Send envelopes to their domains' topics under their stream ids; returns each, stamped, with its record."""
         envelopes = await self.policies.stamp(envelopes)
         metrics.observe_llm_calls(envelopes)
-        by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
+        by_topic: dict[str, list[Envelope]] = {}
         for envelope in envelopes:
-            topic = self.settings.topic(registration(envelope.type).domain)
-            by_topic.setdefault(topic, []).append((envelope.stream_id.encode(), encode(envelope)))
-        await asyncio.gather(*(self.send_all(topic, records) for topic, records in by_topic.items()))
+            by_topic.setdefault(self.settings.topic(registration(envelope.type).domain), []).append(envelope)
+        stored = await asyncio.gather(*(self.send_all(topic, [(e.stream_id.encode(), encode(e)) for e in sent])
+                                        for topic, sent in by_topic.items()))
+        return [pair for sent, records in zip(by_topic.values(), stored, strict=True)
+                for pair in zip(sent, records, strict=True)]
 
     async def dead_letter(self, dead: Sequence[tuple[Record, str]], stage: str) -> None:
         metrics.observe_dead_letters(stage, (reason for _, reason in dead))
@@ -186,7 +191,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
             result = fold_batch(records, load_state, folder, unwritten)
             # Emissions are acknowledged before the state that includes them is written, so a
             # crash in between re-emits the same ids (deduplicated downstream) instead of losing them.
-            await log.publish(result.emitted)
+            emitted = await log.publish(result.emitted)
             await log.dead_letter(result.dead, f"fold:{domain.name}")
             partitions = {r.key: r.partition for r in records}
             last = {key: i for i, (key, _) in enumerate(result.writes)}
@@ -196,7 +201,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
                 else:
                     write(key, state)  # a state an event ended goes to the changelog as is
             if effects is not None:
-                await effects.hand_over(events)
+                await effects.hand_over(events, emitted)
             metrics.FOLDED.labels(domain.name).inc(len(events))
             if on_fold is not None:
                 on_fold(len(events))
@@ -302,33 +307,44 @@ EFFECT_BATCHES_AHEAD = 4
 
 class EffectRunner:
     """A domain's effects, run beside its fold, in log order: each record of the domain topic is read once, by the fold
-    agent, which hands the effect requests among a batch's records over to this runner.
+    agent, which hands over the effect requests among a batch's records and those its fold emitted onto the topic.
 
-    A handed-over request's message keeps one reference until its effect has run, so its offset is committed only
-    then: a crash redelivers every request not yet run (to the fold agent, which hands it over again), and a
-    rebalance waits for the requests handed over on the partitions it revokes (Faust waits for unacked messages).
+    An emitted request runs as soon as the broker has it, not once it is read back: its copy read later from the log
+    is then only released. A request's message keeps one reference until its effect has run, so its offset is
+    committed only then: a crash redelivers every request not yet run (to the fold agent, which hands it over
+    again). A rebalance waits for every request handed over before it gives partitions away.
     """
 
     def __init__(self, app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: WorkerLog) -> None:
         self.app, self.settings, self.domain, self.log = app, settings, domain, log
         self.effects = domain.effects(settings)  # type: ignore[misc]
         self.ledger = Ledger(raw_table(app, settings, domain.ledger_table), settings.topic_partitions)  # type: ignore[arg-type]
-        self._batches: asyncio.Queue[list[tuple[Record, Envelope, Any]]] = asyncio.Queue(EFFECT_BATCHES_AHEAD)
-        topic_name = topic.get_topic_name()
+        self.topic_name = topic.get_topic_name()
+        # Per request: its record, its envelope, the message to release once it has run (None: emitted, not read
+        # yet) and whether it runs (False: a read-back copy of a request that ran as it was emitted).
+        self._batches: asyncio.Queue[list[tuple[Record, Envelope, Any, bool]]] = asyncio.Queue(EFFECT_BATCHES_AHEAD)
+        self._emitted: dict[uuid.UUID, int] = {}  # request id -> partition: handed over as emitted, not read back
 
         @app.on_partitions_revoked.connect
         async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
-            # Another worker starts requests on these partitions now: their slots are read again once assigned back.
-            self.ledger.forget({tp.partition for tp in revoked if tp.topic == topic_name})
+            # An emitted request holds no message Faust would wait for: finish every run handed over before another
+            # worker reads these partitions (and their ledgers); it starts requests on them now, and their slots
+            # are read again once assigned back.
+            await self._batches.join()
+            lost = {tp.partition for tp in revoked if tp.topic == self.topic_name}
+            self.ledger.forget(lost)
+            for request in [r for r, partition in self._emitted.items() if partition in lost]:
+                del self._emitted[request]
 
         @app.task
         async def run_handed_over() -> None:
             while True:
                 await self.run_next()
 
-    async def hand_over(self, events: Sequence[faust.EventT]) -> None:
-        """Queue the effect requests among a batch's events (the fold agent acks the batch once this returns)."""
-        requests: dict[uuid.UUID, tuple[Record, Envelope, Any]] = {}
+    async def hand_over(self, events: Sequence[faust.EventT], emitted: Sequence[tuple[Envelope, Record]] = ()) -> None:
+        """Queue the effect requests among a batch's events, then those its fold emitted and the broker has (the fold
+        agent acks the batch once this returns)."""
+        requests: dict[uuid.UUID, tuple[Record, Envelope, Any, bool]] = {}
         for event in events:
             record, envelope = _effect_request(event, self.effects.effect_types)
             # A misplaced request runs from its key's partition, where the fold agent forwards it; a record
@@ -336,17 +352,26 @@ class EffectRunner:
             if envelope is None or envelope.event_id in requests or misplaced(record, self.settings.topic_partitions):
                 continue
             event.message.incref()
-            requests[envelope.event_id] = (record, envelope, event.message)
+            ran = self._emitted.pop(envelope.event_id, None) is not None
+            requests[envelope.event_id] = (record, envelope, event.message, not ran)
+        for envelope, record in emitted:
+            if (record.topic == self.topic_name and envelope.type in self.effects.effect_types
+                    and envelope.event_id not in requests):
+                self._emitted[envelope.event_id] = record.partition
+                requests[envelope.event_id] = (record, envelope, None, True)
         if requests:
             await self._batches.put(list(requests.values()))
 
     async def run_next(self) -> None:
         """Run the next handed-over batch, then release its messages for commit."""
         batch = await self._batches.get()
-        await self.run([(record, envelope) for record, envelope, _ in batch])
-        for _, _, message in batch:
-            if message.ack(self.app.consumer):
-                self.app.sensors.on_message_out(message.tp, message.offset, message)
+        try:
+            await self.run([(record, envelope) for record, envelope, _, runs in batch if runs])
+            for _, _, message, _ in batch:
+                if message is not None and message.ack(self.app.consumer):
+                    self.app.sensors.on_message_out(message.tp, message.offset, message)
+        finally:
+            self._batches.task_done()
 
     async def _timed(self, envelope: Envelope) -> list[Envelope]:
         with metrics.EFFECT_SECONDS.labels(self.domain.name, envelope.type).time():

@@ -1,7 +1,8 @@
 """Dead letters from inside a fold and inside an effect: the failing record is dead-lettered with its reason
 and stage, and the rest of its batch goes on (DESIGN.md invariant 5: nothing is silently dropped).
 
-The agents' bodies run on a batch handed to them directly, with the worker's log recording what it would send.
+The fold agent's body and the effect runner run on a batch handed to them directly, with the worker's log recording
+what it would send; a request the fold emits runs once, before it is read back.
 """
 
 from __future__ import annotations
@@ -95,8 +96,11 @@ class RecordingLog(streaming.WorkerLog):
         self.sent: list[tuple[str, bytes | None, bytes]] = []
         self.policies = NoPolicies(settings)
 
-    async def send_all(self, topic: str, records: Any) -> None:
+    async def send_all(self, topic: str, records: Any) -> list[Record]:
+        records = list(records)
+        stored = [Record(topic, 0, len(self.sent) + i, key, value) for i, (key, value) in enumerate(records)]
         self.sent += [(topic, key, value) for key, value in records]
+        return stored
 
     def dead_letters(self) -> list[DeadLetter]:
         return [parse_dead_letter(value) for topic, _, value in self.sent if topic == SETTINGS.deadletter_topic]
@@ -200,3 +204,23 @@ async def test_an_effect_exception_is_a_dead_letter_and_the_other_results_are_pu
     assert decode(letter.raw_value()).event_id == boom.event_id
     assert [(e.type, e.causation_id) for e in log.events()] == [
         ("conversation.message.routed", fine.event_id), ("conversation.reply.requested", fine.event_id)]
+
+
+async def test_a_request_the_fold_emits_runs_once_the_broker_has_it_and_its_copy_read_back_is_only_released(
+        worker) -> None:
+    app, log, runner = worker
+    await app.agents["conversations.fold"].fun(_Stream(records([message("3", "w9")])))
+    (request,) = [e for e in log.events() if e.type == "conversation.routing.requested"]
+    await runner.run_next()
+    outcomes = [(e.type, e.event_id) for e in log.events() if e.causation_id == request.event_id]
+    assert [kind for kind, _ in outcomes] == ["conversation.message.routed", "conversation.reply.requested"]
+
+    # The fold agent reads the request's own record from the log later: it is released, not run again.
+    (offset,) = [i for i, (_, _, value) in enumerate(log.sent) if decode(value).event_id == request.event_id]
+    read_back = _Event(Record(TOPIC, 0, offset, *log.sent[offset][1:]))
+    await runner.hand_over([read_back])
+    read_back.message.ack(None)  # the fold agent's ack
+    assert read_back.message.acks == 0
+    await runner.run_next()
+    assert read_back.message.acks == 1
+    assert [(e.type, e.event_id) for e in log.events() if e.causation_id == request.event_id] == outcomes
