@@ -60,7 +60,8 @@ class WorkerLog:
         producer = await self.producer()
         futures = [await producer.send(topic, value, key=key, partition=partition(key)) for key, value in records]
         stored = await asyncio.gather(*futures)
-        return [Record(topic, at.partition, at.offset, key, value) for (key, value), at in zip(records, stored, strict=True)]
+        return [Record(topic, at.partition, at.offset, key, value)
+                for (key, value), at in zip(records, stored, strict=True)]
 
     async def forward(self, records: Sequence[Record], partitions: int) -> None:
         """Send records, unchanged, to the partition their key belongs on, and wait until the broker has them."""
@@ -318,7 +319,8 @@ class EffectRunner:
     def __init__(self, app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: WorkerLog) -> None:
         self.app, self.settings, self.domain, self.log = app, settings, domain, log
         self.effects = domain.effects(settings)  # type: ignore[misc]
-        self.ledger = Ledger(raw_table(app, settings, domain.ledger_table), settings.topic_partitions)  # type: ignore[arg-type]
+        ledger_table = raw_table(app, settings, domain.ledger_table)
+        self.ledger = Ledger(ledger_table, settings.topic_partitions)  # type: ignore[arg-type]
         self.topic_name = topic.get_topic_name()
         # Per request: its record, its envelope, the message to release once it has run (None: emitted, not read
         # yet) and whether it runs (False: a read-back copy of a request that ran as it was emitted).
