@@ -7,6 +7,7 @@ what it would send; a request the fold emits runs once, before it is read back.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from faust.types import TP
 
 from agents import streaming
 from agents.batching import Folder, Record, fold_batch
@@ -224,3 +226,17 @@ async def test_a_request_the_fold_emits_runs_once_the_broker_has_it_and_its_copy
     await runner.run_next()
     assert read_back.message.acks == 1
     assert [(e.type, e.event_id) for e in log.events() if e.causation_id == request.event_id] == outcomes
+
+
+async def test_a_rebalance_waits_for_the_runs_handed_over_before_it_gives_the_partitions_away(worker) -> None:
+    app, log, runner = worker
+    await app.agents["conversations.fold"].fun(_Stream(records([message("4", "w10")])))
+    (request,) = [e for e in log.events() if e.type == "conversation.routing.requested"]
+    revoking = asyncio.ensure_future(app.on_partitions_revoked.send({TP(TOPIC, 0)}))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not revoking.done()  # the emitted request holds no message Faust would wait for
+    await runner.run_next()
+    await revoking
+    assert [e.type for e in log.events() if e.causation_id == request.event_id] == [
+        "conversation.message.routed", "conversation.reply.requested"]
