@@ -125,8 +125,10 @@ function claims(token) {
 }
 
 let pages = [];
+let routes = 0;  // a page renders only if no navigation started after it: the last one started wins, not the last done
 
 async function route() {
+  const turn = ++routes;
   const token = localStorage.getItem(TOKEN_KEY);
   const signedIn = Boolean(token && claims(token));
   document.getElementById("sign-out").hidden = !signedIn;
@@ -143,9 +145,9 @@ async function route() {
   try {
     const module = await import(page.script);
     const view = await module.default.render({ params, navigate: (...parts) => { location.hash = `#/${parts.map(encodeURIComponent).join("/")}`; } });
-    root.replaceChildren(h("h1", {}, page.title), view);
+    if (turn === routes) root.replaceChildren(h("h1", {}, page.title), view);
   } catch (error) {
-    root.replaceChildren(h("h1", {}, page.title), h("p", { class: "error" }, String(error.message || error)));
+    if (turn === routes) root.replaceChildren(h("h1", {}, page.title), h("p", { class: "error" }, String(error.message || error)));
   }
 }
 
