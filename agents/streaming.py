@@ -184,10 +184,17 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
     @app.agent(topic, concurrency=1, name=f"{domain.name}.fold")
     async def fold_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.worker_batch_max, settings.worker_batch_within_s):
-            records = [_record(e) for e in events]
-            if wrong := [r for r in records if misplaced(r, settings.topic_partitions)]:
+            read: list[tuple[Record, Any]] = []  # each record on its key's partition, with its message
+            wrong: list[Record] = []
+            for event in events:
+                record = _record(event)
+                if misplaced(record, settings.topic_partitions):
+                    wrong.append(record)
+                else:
+                    read.append((record, event.message))
+            if wrong:
                 await reroute(wrong)
-                records = [r for r in records if r not in wrong]
+            records = [record for record, _ in read]
             await log.policies.knows(_policy_of(r) for r in records)
             result = fold_batch(records, load_state, folder, unwritten)
             # Emissions are acknowledged before the state that includes them is written, so a
@@ -202,7 +209,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
                 else:
                     write(key, state)  # a state an event ended goes to the changelog as is
             if effects is not None:
-                await effects.hand_over(events, emitted)
+                await effects.hand_over(read, emitted)
             metrics.FOLDED.labels(domain.name).inc(len(events))
             if on_fold is not None:
                 on_fold(len(events))
@@ -343,19 +350,19 @@ class EffectRunner:
             while True:
                 await self.run_next()
 
-    async def hand_over(self, events: Sequence[faust.EventT], emitted: Sequence[tuple[Envelope, Record]] = ()) -> None:
-        """Queue the effect requests among a batch's events, then those its fold emitted and the broker has (the fold
-        agent acks the batch once this returns)."""
+    async def hand_over(self, read: Sequence[tuple[Record, Any]],
+                        emitted: Sequence[tuple[Envelope, Record]] = ()) -> None:
+        """Queue the effect requests among a batch's records (each on its key's partition, with its message), then
+        those its fold emitted and the broker has (the fold agent acks the batch once this returns)."""
         requests: dict[uuid.UUID, tuple[Record, Envelope, Any, bool]] = {}
-        for event in events:
-            record, envelope = _effect_request(event, self.effects.effect_types)
-            # A misplaced request runs from its key's partition, where the fold agent forwards it; a record
-            # redelivered within one batch is one request: its send must not look interrupted.
-            if envelope is None or envelope.event_id in requests or misplaced(record, self.settings.topic_partitions):
+        for record, message in read:
+            envelope = _effect_request(record, self.effects.effect_types)
+            # A record redelivered within one batch is one request: its send must not look interrupted.
+            if envelope is None or envelope.event_id in requests:
                 continue
-            event.message.incref()
+            message.incref()
             ran = self._emitted.pop(envelope.event_id, None) is not None
-            requests[envelope.event_id] = (record, envelope, event.message, not ran)
+            requests[envelope.event_id] = (record, envelope, message, not ran)
         for envelope, record in emitted:
             if (record.topic == self.topic_name and envelope.type in self.effects.effect_types
                     and envelope.event_id not in requests):
@@ -423,14 +430,13 @@ class _TypeOnly(msgspec.Struct):
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 
-def _effect_request(event: faust.EventT, effect_types: frozenset[str]) -> tuple[Record, Envelope | None]:
-    record = _record(event)
+def _effect_request(record: Record, effect_types: frozenset[str]) -> Envelope | None:
     if record.value is None:
-        return record, None
+        return None
     try:
         # Most records are no effect request: read their type alone before decoding the whole envelope.
         if _type_decoder.decode(record.value).type not in effect_types:
-            return record, None
-        return record, decode(record.value)
+            return None
+        return decode(record.value)
     except (DecodeError, msgspec.DecodeError):
-        return record, None  # the fold agent dead-letters undecodable records
+        return None  # the fold agent dead-letters undecodable records

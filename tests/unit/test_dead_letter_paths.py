@@ -191,8 +191,9 @@ async def test_an_effect_exception_is_a_dead_letter_and_the_other_results_are_pu
     _, log, runner = worker
     boom = routing_request(message("1", "w1", "boom"))
     fine = routing_request(message("2", "w2", "hola"))
-    events = [_Event(record) for record in records([message("1", "w1", "boom"), boom, fine])]
-    await runner.hand_over(events)
+    batch = records([message("1", "w1", "boom"), boom, fine])
+    events = [_Event(record) for record in batch]
+    await runner.hand_over([(record, event.message) for record, event in zip(batch, events, strict=True)])
     for event in events:
         event.message.ack(None)  # the fold agent's ack, once hand_over returns
     # The requests stay uncommittable until their effects have run; the inbound message is no request.
@@ -219,8 +220,9 @@ async def test_a_request_the_fold_emits_runs_once_the_broker_has_it_and_its_copy
 
     # The fold agent reads the request's own record from the log later: it is released, not run again.
     (offset,) = [i for i, (_, _, value) in enumerate(log.sent) if decode(value).event_id == request.event_id]
-    read_back = _Event(Record(TOPIC, 0, offset, *log.sent[offset][1:]))
-    await runner.hand_over([read_back])
+    copy = Record(TOPIC, 0, offset, *log.sent[offset][1:])
+    read_back = _Event(copy)
+    await runner.hand_over([(copy, read_back.message)])
     read_back.message.ack(None)  # the fold agent's ack
     assert read_back.message.acks == 0
     await runner.run_next()
