@@ -122,8 +122,28 @@ class _Decision(Payload, frozen=True, kw_only=True):
     inputs: DecisionInputs
 
 
+class SendOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """What the effect needs for one send attempt besides the user, message and agent ids."""
+
+    contact: str | None
+    message_data: MessageData
+    attempt: int = 1
+    check_relevance: bool = False
+    queued_at: datetime
+    expires_at: datetime | None = None
+    superseded_by: str | None = None
+    last_inbound_at: datetime | None = None
+    text: str | None = None  # already rendered (a retry)
+
+
 class MessageApproved(_Decision, frozen=True, kw_only=True):
-    """Send now (reason: urgent, active_user, slot_available)."""
+    """Send now (reason: urgent, active_user, slot_available).
+
+    `send` makes the decision its own effect request (the first attempt); events recorded before it existed have
+    none and are followed by a send.requested.
+    """
+
+    send: SendOrder | None = None
 
 
 class MessageDeferred(_Decision, frozen=True, kw_only=True):
@@ -137,28 +157,27 @@ class MessageDeferred(_Decision, frozen=True, kw_only=True):
 
 
 class MessageReleased(_Decision, frozen=True, kw_only=True):
-    """A deferred message is sent now that its slot or budget freed (reason: active_user, slot_available)."""
+    """A deferred message is sent now that its slot or budget freed (reason: active_user, slot_available).
+
+    `send` as for message.approved.
+    """
+
+    send: SendOrder | None = None
 
 
 class MessageDropped(_Decision, frozen=True, kw_only=True):
     """Never sent (reason: quiet_hours, budget_exhausted, expired, max_deferral, stale, duplicate)."""
 
 
-class SendRequested(Payload, frozen=True, kw_only=True):
-    """The effect worker should check relevance (when asked), render and send this message: one attempt."""
+class SendRequested(SendOrder, Payload, frozen=True, kw_only=True):
+    """The effect worker should check relevance (when asked), render and send this message: one attempt.
+
+    Emitted for a retry; a first attempt is requested by its message.approved or message.released itself.
+    """
 
     user_id: str
     message_id: str
     agent_id: str
-    contact: str | None
-    message_data: MessageData
-    attempt: int = 1
-    check_relevance: bool = False
-    queued_at: datetime
-    expires_at: datetime | None = None
-    superseded_by: str | None = None
-    last_inbound_at: datetime | None = None
-    text: str | None = None  # already rendered (a retry)
 
 
 class RelevanceChecked(Payload, frozen=True, kw_only=True):
@@ -172,8 +191,16 @@ class RelevanceChecked(Payload, frozen=True, kw_only=True):
     fallback_reason: str | None = None
 
 
+class Rendering(msgspec.Struct, frozen=True, kw_only=True):
+    """The prose a structured message became, and how."""
+
+    text: str
+    method: Literal["template", "llm"]
+    fallback_reason: str | None = None
+
+
 class MessageRendered(Payload, frozen=True, kw_only=True):
-    """The prose a structured message became."""
+    """The prose a structured message became (recorded before message.sent and send.failed carried it)."""
 
     user_id: str
     message_id: str
@@ -190,6 +217,7 @@ class MessageSent(Payload, frozen=True, kw_only=True):
     attempt: int
     whatsapp_message_id: str
     sender: str
+    rendered: Rendering | None = None  # the rendering of this attempt; None when it sent an earlier one
 
 
 class SendFailed(Payload, frozen=True, kw_only=True):
@@ -201,6 +229,7 @@ class SendFailed(Payload, frozen=True, kw_only=True):
     reason: str
     retryable: bool
     sender: str
+    rendered: Rendering | None = None  # as for message.sent: a retry sends this text
 
 
 DecisionType = Literal["approved", "deferred", "released", "dropped"]

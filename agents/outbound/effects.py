@@ -15,10 +15,12 @@ from agents.senders import Sender, SendError
 from agents.tenants import Tenants
 from schemas import Envelope, emitted
 from schemas.outbound import (
+    MessageApproved,
     MessageData,
-    MessageRendered,
+    MessageReleased,
     MessageSent,
     RelevanceChecked,
+    Rendering,
     SendFailed,
     SendRequested,
 )
@@ -30,8 +32,21 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 SEND_REQUESTED = "outbound.send.requested"
-# Emission indexes are fixed per kind, so a re-run derives the same event ids.
-RELEVANCE, RENDERED, RESULT, RELEVANCE_COST, RENDER_COST = range(5)
+# A first attempt is requested by the decision itself (its `send`), a retry by send.requested.
+SEND_REQUESTS = frozenset({"outbound.message.approved", "outbound.message.released", SEND_REQUESTED})
+# Emission indexes are fixed per kind, so a re-run derives the same event ids (1 was message.rendered's).
+RELEVANCE, RESULT, RELEVANCE_COST, RENDER_COST = 0, 2, 3, 4
+
+
+def send_request(envelope: Envelope) -> SendRequested | None:
+    """The send attempt an event requests, if any."""
+    payload = envelope.payload
+    if isinstance(payload, SendRequested):
+        return payload
+    if isinstance(payload, MessageApproved | MessageReleased) and payload.send is not None:
+        return SendRequested(user_id=payload.user_id, message_id=payload.message_id, agent_id=payload.agent_id,
+                             **msgspec.structs.asdict(payload.send))
+    return None
 
 
 def render_template(data: MessageData) -> str:
@@ -91,9 +106,9 @@ def _retryable(reason: str) -> bool:
 class OutboundEffects:
     """Runs one send attempt: relevance check when asked, rendering, sending; every outcome is an event."""
 
-    effect_types: frozenset[str] = frozenset({SEND_REQUESTED})
+    effect_types: frozenset[str] = SEND_REQUESTS
     # A send reaches a person: never repeated, even when its outcome was lost.
-    not_repeatable: frozenset[str] = frozenset({SEND_REQUESTED})
+    not_repeatable: frozenset[str] = SEND_REQUESTS
 
     def __init__(self, tenants: Tenants, sender: Sender, llm: LlmClient | None, settings: OutboundSettings, *,
                  actor: str = "effect:outbound", clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
@@ -102,8 +117,8 @@ class OutboundEffects:
 
     async def run(self, envelope: Envelope) -> list[Envelope]:
         """Events resulting from one send request; other event types need no effect."""
-        request = envelope.payload
-        if not isinstance(request, SendRequested):
+        request = send_request(envelope)
+        if request is None:
             return []
         events: list[Envelope] = []
         if request.check_relevance:
@@ -111,18 +126,14 @@ class OutboundEffects:
             events.insert(0, self._emit(envelope, RELEVANCE, checked))
             if not checked.relevant:
                 return events
-        text = request.text
-        if text is None:
-            rendered = await self._render(envelope, request, events)
-            events.append(self._emit(envelope, RENDERED, rendered))
-            text = rendered.text
-        events.append(self._emit(envelope, RESULT, await self._send(envelope, request, text)))
+        rendered = None if request.text is not None else await self._render(envelope, request, events)
+        events.append(self._emit(envelope, RESULT, await self._send(envelope, request, rendered)))
         return events
 
     def unknown_outcome(self, envelope: Envelope) -> list[Envelope]:
         """A send that started but never finished: failed, not retried (it may have reached the user)."""
-        request = envelope.payload
-        if not isinstance(request, SendRequested):
+        request = send_request(envelope)
+        if request is None:
             return []
         failed = SendFailed(user_id=request.user_id, message_id=request.message_id, attempt=request.attempt,
                             reason="outcome unknown: the worker stopped during the send; not retried",
@@ -153,8 +164,7 @@ class OutboundEffects:
         relevant, reason = relevance_by_rules(request, now)
         return RelevanceChecked(**common, relevant=relevant, method="rules", reason=reason, fallback_reason=fallback)
 
-    async def _render(self, envelope: Envelope, request: SendRequested, costs: list[Envelope]) -> MessageRendered:
-        common = {"user_id": request.user_id, "message_id": request.message_id}
+    async def _render(self, envelope: Envelope, request: SendRequested, costs: list[Envelope]) -> Rendering:
         fallback = None
         if self.llm is not None:
             prompt = msgspec.json.encode(request.message_data).decode()
@@ -162,10 +172,9 @@ class OutboundEffects:
                                                   self.settings.render_model, CONCIERGE_SYSTEM, prompt,
                                                   self.settings.render_max_tokens, costs)
             if text and text.strip():
-                return MessageRendered(**common, text=text.strip(), method="llm")
+                return Rendering(text=text.strip(), method="llm")
             fallback = fallback or "empty answer"
-        return MessageRendered(**common, text=render_template(request.message_data), method="template",
-                               fallback_reason=fallback)
+        return Rendering(text=render_template(request.message_data), method="template", fallback_reason=fallback)
 
     async def _complete(self, envelope: Envelope, request: SendRequested, index: int, purpose: str, model: str,
                         system: str, prompt: str, max_tokens: int, costs: list[Envelope]) -> tuple[str | None, str | None]:
@@ -187,9 +196,12 @@ class OutboundEffects:
                                 agent_id=request.agent_id, user_id=request.user_id, occurred_at=self.clock()))
         return completion.text, None
 
-    async def _send(self, envelope: Envelope, request: SendRequested, text: str) -> MessageSent | SendFailed:
+    async def _send(self, envelope: Envelope, request: SendRequested,
+                    rendered: Rendering | None) -> MessageSent | SendFailed:
         common = {"user_id": request.user_id, "message_id": request.message_id, "attempt": request.attempt,
-                  "sender": self.sender.name}
+                  "sender": self.sender.name, "rendered": rendered}
+        text = rendered.text if rendered is not None else request.text
+        assert text is not None
         tenant = self.tenants.get(envelope.tenant_id)
         if tenant is None:
             return SendFailed(**common, reason=f"unknown tenant {envelope.tenant_id!r}", retryable=False)

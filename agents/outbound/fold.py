@@ -38,6 +38,7 @@ from schemas.outbound import (
     QuietHours,
     RelevanceChecked,
     SendFailed,
+    SendOrder,
     SendRequested,
     UserActive,
     UserTicked,
@@ -282,15 +283,18 @@ class _Run:
                 self.refund(message)
                 self.decide(message, "dropped", "stale", f"relevance:{payload.method}", budget_before=before)
         elif isinstance(payload, MessageRendered):
-            if (message := self.find(payload.message_id)) is not None:
-                message.text = payload.text
+            self.rendered(payload.message_id, payload.text)
         elif isinstance(payload, MessageSent):
+            if payload.rendered is not None:
+                self.rendered(payload.message_id, payload.rendered.text)
             message = self.find(payload.message_id, "sending")
             if message is not None:
                 message.status, message.reason = "sent", None
                 message.sent_at, message.whatsapp_message_id = self.now, payload.whatsapp_message_id
                 state.last_message_at = self.now
         elif isinstance(payload, SendFailed):
+            if payload.rendered is not None:
+                self.rendered(payload.message_id, payload.rendered.text)
             self.failed(payload)
         else:
             raise FoldError(f"outbound fold cannot apply {self.cause.type!r} (event {self.cause.event_id})")
@@ -330,6 +334,10 @@ class _Run:
         state.timezone, state.quiet_hours = payload.timezone, payload.quiet_hours
         state.daily_limit, state.contact = payload.daily_limit, payload.contact
 
+    def rendered(self, message_id: str, text: str) -> None:
+        if (message := self.find(message_id)) is not None:
+            message.text = text
+
     def failed(self, payload: SendFailed) -> None:
         message = self.find(payload.message_id, "sending")
         if message is None or payload.attempt != message.attempts:
@@ -367,7 +375,9 @@ class _Run:
                               key=lambda m: (_RANK[m.priority], m.seq)):
             if message.status == "retrying":
                 if message.retry_at is not None and message.retry_at <= self.now:
-                    self.request_send(message, message.attempts + 1)
+                    order = self.send_order(message, message.attempts + 1)
+                    self.emit(SendRequested(user_id=self.state.user_id, message_id=message.message_id,
+                                            agent_id=message.agent_id, **msgspec.structs.asdict(order)))
                 continue
             if self.expired(message):
                 self.decide(message, "dropped", "expired", "expired")
@@ -398,8 +408,7 @@ class _Run:
         self.state.budget_date, self.state.sent_on_date = self.local_date(self.now), used + 1
         self.state.budget_limit = self.daily_limit
         message.counted_date = self.state.budget_date
-        self.decide(message, decision, reason, rule, budget_before=used)
-        self.request_send(message, 1)
+        self.decide(message, decision, reason, rule, budget_before=used, send=self.send_order(message, 1))
 
     def refund(self, message: Message) -> None:
         """A counted message that was never sent gives its budget back (when its date is still the current one)."""
@@ -407,22 +416,22 @@ class _Run:
             self.state.sent_on_date = max(0, self.state.sent_on_date - 1)
         message.counted_date = None
 
-    def request_send(self, message: Message, attempt: int) -> None:
+    def send_order(self, message: Message, attempt: int) -> SendOrder:
+        """The message is being sent: what its attempt needs (the first one rides on its approval or release)."""
         message.status, message.attempts, message.retry_at = "sending", attempt, None
         newer = next((m.message_id for m in self.state.messages if m.seq > message.seq
                       and m.message_data.type == message.message_data.type
                       and m.status not in ("dropped", "failed")), None)
-        self.emit(SendRequested(
-            user_id=self.state.user_id, message_id=message.message_id, agent_id=message.agent_id,
+        return SendOrder(
             contact=self.state.contact, message_data=message.message_data, attempt=attempt,
             # Fresh context matters once time has passed: a message sent as it is queued is current.
             check_relevance=attempt == 1 and message.requires_fresh_context and message.deferred_at is not None,
             queued_at=message.queued_at, expires_at=message.expires_at, superseded_by=newer,
             last_inbound_at=self.state.last_inbound_at, text=message.text if attempt > 1 else None,
-        ))
+        )
 
     def decide(self, message: Message, decision: Literal["approved", "deferred", "released", "dropped"],
-               reason: str, rule: str, *, budget_before: int | None = None) -> None:
+               reason: str, rule: str, *, budget_before: int | None = None, send: SendOrder | None = None) -> None:
         used = self.used(self.now)
         before = used if budget_before is None else budget_before
         local = self.now.astimezone(self.tz)
@@ -439,9 +448,11 @@ class _Run:
         until = self.deferred_until(message.due_at) if decision == "deferred" and message.due_at else None
         if decision == "deferred":
             envelope = self.emit(MessageDeferred(**common, due_at=message.due_at, deferred_until=until))
+        elif decision == "dropped":
+            envelope = self.emit(MessageDropped(**common))
         else:
-            envelope = self.emit({"approved": MessageApproved, "released": MessageReleased,
-                                  "dropped": MessageDropped}[decision](**common))
+            envelope = self.emit({"approved": MessageApproved, "released": MessageReleased}[decision](**common,
+                                                                                                  send=send))
         if decision == "dropped":
             message.status, message.reason = "dropped", reason
         elif decision == "deferred":

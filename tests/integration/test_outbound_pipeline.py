@@ -21,7 +21,6 @@ import tzdata
 from typer.testing import CliRunner
 
 from schemas import Envelope, payload_from_builtins
-from schemas.outbound import SendRequested
 from streams.auth import issue_token
 from streams.embedded import child_env
 from streams.publisher import Publisher
@@ -157,8 +156,8 @@ def test_queue_decide_and_send_through_whatsapp_with_one_retry(api: httpx.Client
         totals[d["decision"]] += d["count"]
     assert totals["approved"] >= 2 and totals["sent"] >= 2
     hops = [h["type"] for h in api.get(f"/v1/trace/{first}").json()["hops"]]
-    assert hops[0] == "outbound.message.queued" and "outbound.message.approved" in hops
-    assert hops.index("outbound.send.requested") < hops.index("outbound.message.sent")
+    # Three events: the approval is the send request, and the send carries its rendering.
+    assert hops == ["outbound.message.queued", "outbound.message.approved", "outbound.message.sent"]
     assert api.post("/v1/outbound", json={"user_id": "ana", "agent_id": "x", "message_data": {"type": "text"},
                                           "priority": "now"}).status_code == 422
 
@@ -182,9 +181,9 @@ def test_a_redelivered_tick_and_send_request_each_send_once(api: httpx.Client, r
     assert datetime.fromisoformat(until["at"]) == due and until["timezone"] == "Europe/Madrid"
     assert datetime.fromisoformat(until["local_time"]) == due and until["abbreviation"] in ("CET", "CEST")
 
-    request = _send_request(runtime.settings, held)
-    assert isinstance(request.payload, SendRequested) and request.payload.attempt == 1
-    asyncio.run(_publish(runtime.settings, request))  # the same send request, delivered again
+    request = _release(runtime.settings, held)
+    assert request.payload.send is not None and request.payload.send.attempt == 1
+    asyncio.run(_publish(runtime.settings, request))  # the same release and send request, delivered again
     # An urgent message on the same stream is handled after the redelivered request: once it is sent, that is done.
     marker = queue(api, "bea", "Urgent: card expired", priority="urgent", can_delay=False)
     eventually(lambda: message(api, marker, "sent"), "the urgent message sent in quiet hours")
@@ -236,11 +235,11 @@ def test_simulate_shows_the_diff_and_replay_verifies(api: httpx.Client, runtime:
 # -- log helpers ------------------------------------------------------------------------------------------------
 
 
-def _send_request(settings: Settings, message_id: str) -> Envelope:
+def _release(settings: Settings, message_id: str) -> Envelope:
     with psycopg.connect(settings.database_url) as conn:
         row = conn.execute(
             "SELECT event_id, tenant_id, stream_id, type, schema_version, occurred_at, recorded_at, correlation_id,"
-            " causation_id, actor, payload FROM events WHERE type = 'outbound.send.requested'"
+            " causation_id, actor, payload FROM events WHERE type = 'outbound.message.released'"
             " AND payload->>'message_id' = %s", (message_id,)).fetchone()
     names = ("event_id", "tenant_id", "stream_id", "type", "schema_version", "occurred_at", "recorded_at",
              "correlation_id", "causation_id", "actor")

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import msgspec
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -13,7 +14,7 @@ from pydantic import SecretStr
 from agents.llm import LlmClient
 from agents.outbound.config import OutboundSettings
 from agents.outbound.effects import OutboundEffects, render_template
-from agents.outbound.fold import OutboundConfig
+from agents.outbound.fold import OutboundConfig, fold
 from agents.outbound.simulate import simulate
 from agents.outbound.wakeups import due_ticks
 from agents.senders import SendError, SendOutcomeUnknown
@@ -24,6 +25,7 @@ from schemas.outbound import (
     MessageQueued,
     PreferencesUpdated,
     QuietHours,
+    Rendering,
     SendRequested,
 )
 from streams.auth import issue_token
@@ -71,10 +73,32 @@ async def test_without_a_model_templates_render_and_the_sender_sends() -> None:
     sender = FakeSender()
     cause = request()
     events = await effects(sender).run(cause)
-    assert types(events) == ["outbound.message.rendered", "outbound.message.sent"]
-    assert sender.sent == [("34600000001", "Update on your request: we found 1 match: Acme Corp.")]
+    assert types(events) == ["outbound.message.sent"]  # one outcome: the send, carrying its rendering
+    text = "Update on your request: we found 1 match: Acme Corp."
+    assert events[0].payload.rendered == Rendering(text=text, method="template")
+    assert sender.sent == [("34600000001", text)]
     # Re-running derives the same ids: downstream dedupe holds.
     assert [e.event_id for e in await effects(FakeSender()).run(cause)] == [e.event_id for e in events]
+
+
+async def test_an_approval_is_its_own_send_request() -> None:
+    def event(payload):
+        return new_event("acme", payload, event_id=uuid.uuid4(), occurred_at=NOW.replace(hour=12),
+                         recorded_at=NOW.replace(hour=12), actor="test")
+
+    state, _ = fold(None, event(PreferencesUpdated(user_id="u1", contact="34600000001")))
+    queued = event(MessageQueued(user_id="u1", agent_id="saga", message_data=MessageData(
+        type="text", fields={"text": "Hola"})))
+    _, emitted = fold(state, queued)
+    assert [e.type for e in emitted] == ["outbound.message.approved"]  # no separate send.requested
+    sender = FakeSender()
+    events = await effects(sender).run(emitted[0])
+    assert [(e.type, e.payload.message_id, e.payload.attempt) for e in events] == [
+        ("outbound.message.sent", str(queued.event_id), 1)]
+    assert sender.sent == [("34600000001", "Hola")]
+    # An approval recorded before approvals carried their send order is followed by its send.requested.
+    earlier = msgspec.structs.replace(emitted[0], payload=msgspec.structs.replace(emitted[0].payload, send=None))
+    assert await effects(sender).run(earlier) == [] and len(sender.sent) == 1
 
 
 @pytest.mark.parametrize(("changes", "reason"), [
@@ -95,8 +119,7 @@ async def test_failures_are_retryable_except_client_errors() -> None:
     assert [(e.payload.retryable, e.payload.attempt) for e in events if e.type == "outbound.send.failed"] == [(True, 1)]
     events = await effects(FakeSender(["whatsapp 400: bad number (code 100)"])).run(request(attempt=3, text="hola"))
     failed = [e.payload for e in events if e.type == "outbound.send.failed"]
-    assert [(f.retryable, f.attempt) for f in failed] == [(False, 3)]
-    assert "outbound.message.rendered" not in types(events)  # a retry sends the text rendered before
+    assert [(f.retryable, f.attempt, f.rendered) for f in failed] == [(False, 3, None)]  # sent what was rendered
     events = await effects(FakeSender()).run(request(contact=None))
     assert [e.payload.reason for e in events if e.type == "outbound.send.failed"] == [
         "the user has no contact in their preferences"]
@@ -130,7 +153,7 @@ async def test_the_concierge_renders_and_relevance_is_asked_through_the_real_cli
         await client.aclose()
     by_type = {e.type: e.payload for e in events}
     assert by_type["outbound.relevance.checked"].method == "llm" and by_type["outbound.relevance.checked"].relevant
-    assert by_type["outbound.message.rendered"].method == "llm"
+    assert by_type["outbound.message.sent"].rendered.method == "llm"
     assert sender.sent == [("34600000001", "¡Hola! Encontramos a Acme Corp para ti.")]
     costs = [e.payload for e in events if e.type == "llm.call.recorded"]
     assert sorted(c.purpose for c in costs) == ["relevance", "rendering"]
@@ -146,7 +169,7 @@ async def test_a_failing_model_falls_back_to_rules_and_templates_and_is_recorded
     by_type = {e.type: e.payload for e in events if e.type != "llm.call.recorded"}
     assert by_type["outbound.relevance.checked"].method == "rules"
     assert "529" in by_type["outbound.relevance.checked"].fallback_reason
-    assert by_type["outbound.message.rendered"].method == "template" and len(sender.sent) == 1
+    assert by_type["outbound.message.sent"].rendered.method == "template" and len(sender.sent) == 1
     assert [bool(e.payload.error) for e in events if e.type == "llm.call.recorded"] == [True, True]
 
 

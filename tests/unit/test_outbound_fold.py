@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from agents.outbound.effects import send_request
 from agents.outbound.fold import (
     CODEC,
     FoldError,
@@ -27,6 +28,7 @@ from schemas.outbound import (
     PreferencesUpdated,
     QuietHours,
     RelevanceChecked,
+    Rendering,
     SendFailed,
     UserActive,
     UserTicked,
@@ -79,7 +81,8 @@ class User:
                 and e.type.rsplit(".", 1)[1] in ("approved", "deferred", "released", "dropped")]
 
     def sends(self, out: list[Envelope]) -> list[str]:
-        return [e.payload.message_id for e in out if e.type == "outbound.send.requested"]
+        """Messages whose send the events request (a first attempt rides on its approval or release)."""
+        return [request.message_id for e in out if (request := send_request(e)) is not None]
 
 
 def last_decision(user: User, message_id: str):
@@ -274,7 +277,7 @@ def test_stale_message_is_dropped_and_frees_its_budget() -> None:
     user.queue(at("2026-06-01T23:30:00Z"), kind="solution_update", priority="low")
     newest = user.queue(at("2026-06-01T23:40:00Z"), kind="weekly_summary", priority="low")
     out = user.tick(at("2026-06-02T08:00:00Z"))
-    request = next(e.payload for e in out if e.type == "outbound.send.requested")
+    request = next(r for e in out if (r := send_request(e)) is not None)
     assert (request.message_id, request.check_relevance, request.contact) == (old, True, "+34600000001")
     assert request.superseded_by is not None  # the newer solution_update
     out = user.fold(RelevanceChecked(user_id="u1", message_id=old, relevant=False, method="rules",
@@ -318,13 +321,14 @@ def test_a_failed_send_is_retried_with_backoff_then_fails_and_refunds() -> None:
     user = User(OutboundConfig(max_send_attempts=2, retry_backoff=timedelta(seconds=30)))
     message = user.queue(at("2026-06-01T10:00:00Z"))
     failure = SendFailed(user_id="u1", message_id=message, attempt=1, reason="whatsapp 503", retryable=True,
-                         sender="whatsapp")
+                         sender="whatsapp", rendered=Rendering(text="Your weekly summary is ready.", method="llm"))
     user.fold(failure, at("2026-06-01T10:00:01Z"))
     assert user.message(message).status == "retrying" and user.state.wakeup_at == at("2026-06-01T10:00:31Z")  # type: ignore[union-attr]
     assert user.sends(user.tick(at("2026-06-01T10:00:20Z"))) == []
     out = user.tick(at("2026-06-01T10:00:31Z"))
-    assert [(e.payload.message_id, e.payload.attempt) for e in out if e.type == "outbound.send.requested"] == [
-        (message, 2)]
+    # The retry sends the text the first attempt rendered, without rendering again.
+    assert [(e.payload.message_id, e.payload.attempt, e.payload.text) for e in out
+            if e.type == "outbound.send.requested"] == [(message, 2, "Your weekly summary is ready.")]
     user.fold(SendFailed(user_id="u1", message_id=message, attempt=2, reason="whatsapp 503", retryable=True,
                          sender="whatsapp"), at("2026-06-01T10:00:32Z"))
     assert user.message(message).status == "failed" and user.state.sent_on_date == 0  # type: ignore[union-attr]
