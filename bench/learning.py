@@ -45,7 +45,6 @@ from schemas.learning import (
     DayRequested,
     IntentSnapshot,
     IntentSynced,
-    SignalFetched,
     SignalsRequested,
 )
 from streams.auth import issue_token
@@ -203,8 +202,8 @@ async def simulated_week(learners: int, agents: VersionedAgents) -> tuple[Counte
             if isinstance(result.payload, DayPlanned):
                 totals["hits"] += result.payload.cache_hits
                 totals["misses"] += result.payload.cache_misses
-            elif isinstance(result.payload, SignalFetched):
-                statuses[(result.payload.agent, result.payload.status)] += 1
+                for signal in result.payload.signals:
+                    statuses[(signal.agent, signal.status)] += 1
     await effect.aclose()
     return totals, statuses
 

@@ -16,11 +16,10 @@ Depth = Literal["surface", "informed", "deep", "expert"]
 SignalStatus = Literal["fetched", "not_modified", "cached", "failed", "unconfigured"]
 
 # Emission indexes, fixed per kind so a re-run derives the same ids: the fold answers a day request at
-# ANSWER_INDEX; the signals effect emits the plan, its cost, and one signal per agent from SIGNAL_INDEX_BASE.
+# ANSWER_INDEX; the signals effect emits the plan (with every agent's signal) and its cost.
 ANSWER_INDEX = 0
 PLANNED_INDEX = 0
 COST_INDEX = 1
-SIGNAL_INDEX_BASE = 10
 
 
 def learner_stream_id(tenant_id: str, learner: str) -> str:
@@ -111,11 +110,9 @@ class SignalsRequested(Payload, frozen=True, kw_only=True):
     force_refresh: bool = False
 
 
-class SignalFetched(Payload, frozen=True, kw_only=True):
+class AgentSignal(msgspec.Struct, frozen=True, kw_only=True):
     """What one agent answered for one session: new data, not modified, served from cache, or failed."""
 
-    learner: str
-    session_id: uuid.UUID
     agent: str
     status: SignalStatus
     available: bool
@@ -129,6 +126,13 @@ class SignalFetched(Payload, frozen=True, kw_only=True):
     error: str | None = None
     code: str | None = None
     latency_ms: float = 0.0
+
+
+class SignalFetched(AgentSignal, Payload, frozen=True, kw_only=True):
+    """One agent's answer as an event of its own (recorded before day.planned carried every agent's answer)."""
+
+    learner: str
+    session_id: uuid.UUID
 
 
 class PlanSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,6 +169,9 @@ class DayPlanned(Payload, frozen=True, kw_only=True):
     signal_quality: dict[str, SignalQuality]
     composer: Literal["llm", "template"]
     model: str | None = None
+    # Every agent's answer the plan was composed from (empty in events recorded before it carried them, which
+    # were preceded by one signal.fetched per agent); the fold's signal cache is updated from them.
+    signals: list[AgentSignal] = []
 
 
 class DayCompleted(Payload, frozen=True, kw_only=True):

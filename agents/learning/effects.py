@@ -20,11 +20,10 @@ from schemas import Envelope, emitted
 from schemas.learning import (
     COST_INDEX,
     PLANNED_INDEX,
-    SIGNAL_INDEX_BASE,
+    AgentSignal,
     CachedSignal,
     DayPlanned,
     PlanSummary,
-    SignalFetched,
     SignalQuality,
     SignalsRequested,
 )
@@ -75,7 +74,7 @@ class SignalsEffect:
         self._http: httpx.AsyncClient | None = None
 
     async def run(self, envelope: Envelope) -> list[Envelope]:
-        """The signal events, the plan and (when a model composed it) the call's cost."""
+        """The plan with every agent's signal, and (when a model composed it) the call's cost."""
         request = envelope.payload
         if not isinstance(request, SignalsRequested):
             return []
@@ -85,13 +84,8 @@ class SignalsEffect:
         fetched = await asyncio.gather(*(
             self._signal(envelope, request, name, url, cached.get(name), deadline) for name, url in agents))
         now = self.clock()
-        events = [emitted(envelope, SIGNAL_INDEX_BASE + i, signal, actor=ACTOR, occurred_at=now)
-                  for i, signal in enumerate(fetched)]
         plan, cost = await self._plan(envelope, request, fetched, cached, now)
-        events.append(emitted(envelope, PLANNED_INDEX, plan, actor=ACTOR, occurred_at=now))
-        if cost is not None:
-            events.append(cost)
-        return events
+        return [emitted(envelope, PLANNED_INDEX, plan, actor=ACTOR, occurred_at=now), *([cost] if cost else [])]
 
     def unknown_outcome(self, envelope: Envelope) -> list[Envelope]:
         return []
@@ -102,16 +96,16 @@ class SignalsEffect:
             await self._http.aclose()
 
     async def _signal(self, envelope: Envelope, request: SignalsRequested, agent: str, url: str | None,
-                      cached: CachedSignal | None, deadline: float) -> SignalFetched:
-        common = {"learner": request.learner, "session_id": request.session_id, "agent": agent}
+                      cached: CachedSignal | None, deadline: float) -> AgentSignal:
+        common = {"agent": agent}
         if url is None:
-            return SignalFetched(**common, status="unconfigured", available=cached is not None, fresh=False,
+            return AgentSignal(**common, status="unconfigured", available=cached is not None, fresh=False,
                                  from_cache=cached is not None, etag=cached.etag if cached else None,
                                  error="no endpoint configured", code="unconfigured")
         # A forced refresh revalidates every agent: a fresh cached signal is not served without asking.
         if (cached is not None and not request.force_refresh
                 and envelope.occurred_at - cached.validated_at < self.options.freshness(agent)):
-            return SignalFetched(**common, status="cached", available=True, fresh=True, from_cache=True,
+            return AgentSignal(**common, status="cached", available=True, fresh=True, from_cache=True,
                                  etag=cached.etag, validated_at=cached.validated_at)
         started = time.monotonic()
         headers = {"Authorization": f"Bearer {self._agent_token(envelope.tenant_id, request.learner)}",
@@ -131,12 +125,12 @@ class SignalsEffect:
         latency_ms = (time.monotonic() - started) * 1000
         result = {**common, "attempts": attempts, "http_status": attempt.http_status, "latency_ms": latency_ms}
         if attempt.status == "fetched":
-            return SignalFetched(**result, status="fetched", available=True, fresh=True, from_cache=False,
+            return AgentSignal(**result, status="fetched", available=True, fresh=True, from_cache=False,
                                  etag=attempt.etag, data=attempt.data, validated_at=self.clock())
         if attempt.status == "not_modified" and cached is not None:
-            return SignalFetched(**result, status="not_modified", available=True, fresh=True, from_cache=True,
+            return AgentSignal(**result, status="not_modified", available=True, fresh=True, from_cache=True,
                                  etag=attempt.etag or cached.etag, validated_at=self.clock())
-        return SignalFetched(**result, status="failed", available=cached is not None, fresh=False,
+        return AgentSignal(**result, status="failed", available=cached is not None, fresh=False,
                              from_cache=cached is not None, etag=cached.etag if cached else None,
                              error=attempt.error, code=attempt.code or "failed")
 
@@ -190,7 +184,7 @@ class SignalsEffect:
 
         return issue_token(self.settings, tenant_id, self.options.service_token_ttl_s, subject=learner, agent=True)
 
-    async def _plan(self, envelope: Envelope, request: SignalsRequested, fetched: list[SignalFetched],
+    async def _plan(self, envelope: Envelope, request: SignalsRequested, fetched: list[AgentSignal],
                     cached: dict[str, CachedSignal], now: datetime) -> tuple[DayPlanned, Envelope | None]:
         data = {s.agent: (s.data if s.status == "fetched" else cached[s.agent].data)
                 for s in fetched if s.available}
@@ -201,7 +195,7 @@ class SignalsEffect:
                   "session_id": request.session_id, "intent_id": request.intent.intent_id, "week": request.week,
                   "day": request.day, "topic": request.intent.topic,
                   "time_per_day_min": request.intent.time_per_day_min, "degraded_mode": degraded,
-                  "cache_hits": hits, "cache_misses": len(fetched) - hits, "signal_quality": quality}
+                  "cache_hits": hits, "cache_misses": len(fetched) - hits, "signal_quality": quality, "signals": fetched}
         cost = None
         if self.llm is not None:
             composed, cost = await self._compose_with_model(envelope, request, data, now)

@@ -14,6 +14,7 @@ from agents.batching import FoldState, StateCodec
 from agents.zones import zone as tz_zone
 from schemas import Envelope, emitted
 from schemas.learning import (
+    AgentSignal,
     CachedSignal,
     DayCompleted,
     DayPlanned,
@@ -127,8 +128,7 @@ def fold(state: LearnerState | None, envelope: Envelope, config: FoldConfig) -> 
         changes, answer = _request_day(state, envelope, payload, config)
         out.append(emitted(envelope, 0, answer, actor="fold:learning"))
     elif isinstance(payload, SignalFetched):
-        changes = {"signals": {**state.signals, payload.agent: _signal_after(state.signals.get(payload.agent),
-                                                                             payload, envelope.occurred_at)}}
+        changes = {"signals": _signals_after(state.signals, [payload], envelope.occurred_at)}
     elif isinstance(payload, DayPlanned):
         changes = _planned(state, envelope, payload, config)
     elif isinstance(payload, DayCompleted):
@@ -164,7 +164,11 @@ def _request_day(state: LearnerState, envelope: Envelope, request: DayRequested,
     return {"pending": [*pending, run]}, ask
 
 
-def _signal_after(signal: Signal | None, fetched: SignalFetched, at: datetime) -> Signal:
+def _signals_after(signals: dict[str, Signal], fetched: list[AgentSignal], at: datetime) -> dict[str, Signal]:
+    return {**signals, **{f.agent: _signal_after(signals.get(f.agent), f, at) for f in fetched}}
+
+
+def _signal_after(signal: Signal | None, fetched: AgentSignal, at: datetime) -> Signal:
     signal = signal or Signal(agent=fetched.agent)
     if fetched.status == "cached":
         return signal
@@ -180,13 +184,14 @@ def _signal_after(signal: Signal | None, fetched: SignalFetched, at: datetime) -
 def _planned(state: LearnerState, envelope: Envelope, planned: DayPlanned, config: FoldConfig) -> dict[str, Any]:
     if any(s.session_id == planned.session_id for s in state.sessions):
         return {}
+    signals = _signals_after(state.signals, planned.signals, envelope.occurred_at) if planned.signals else state.signals
     session = Session(session_id=planned.session_id, intent_id=planned.intent_id, week=planned.week, day=planned.day,
                       topic=planned.topic, plan_title=planned.plan_json_summary.title,
                       degraded_mode=planned.degraded_mode, created_at=envelope.occurred_at,
                       planned_event_id=envelope.event_id)
     return {"sessions": [*state.sessions, session][-config.sessions_kept:],
             "pending": [p for p in state.pending if p.session_id != planned.session_id],
-            "total_sessions": state.total_sessions + 1}
+            "total_sessions": state.total_sessions + 1, "signals": signals}
 
 
 def _completed(state: LearnerState, envelope: Envelope, done: DayCompleted) -> dict[str, Any]:

@@ -16,10 +16,10 @@ from agents.learning.effects import SignalsEffect
 from schemas import Envelope, new_event
 from schemas.costs import LlmCallRecorded
 from schemas.learning import (
+    AgentSignal,
     CachedSignal,
     DayPlanned,
     IntentSnapshot,
-    SignalFetched,
     SignalsRequested,
     planned_event_id,
 )
@@ -49,14 +49,14 @@ def request(cached: list[CachedSignal] | None = None, at: datetime | None = None
     return new_event("acme", payload, event_id=uuid.uuid4(), occurred_at=at, recorded_at=at, actor="fold:learning")
 
 
-def split(events: list[Envelope]) -> tuple[dict[str, SignalFetched], DayPlanned, list[Envelope]]:
-    signals = {e.payload.agent: e.payload for e in events if isinstance(e.payload, SignalFetched)}
+def split(events: list[Envelope]) -> tuple[dict[str, AgentSignal], DayPlanned, list[Envelope]]:
+    """Every agent's signal (carried by the plan), the plan, and the other events (costs)."""
     (plan,) = [e.payload for e in events if isinstance(e.payload, DayPlanned)]
-    rest = [e for e in events if not isinstance(e.payload, SignalFetched | DayPlanned)]
-    return signals, plan, rest
+    rest = [e for e in events if not isinstance(e.payload, DayPlanned)]
+    return {s.agent: s for s in plan.signals}, plan, rest
 
 
-def cached_from(signals: dict[str, SignalFetched], at: datetime) -> list[CachedSignal]:
+def cached_from(signals: dict[str, AgentSignal], at: datetime) -> list[CachedSignal]:
     return [CachedSignal(agent=s.agent, data=s.data, etag=s.etag, fetched_at=at, validated_at=at)
             for s in signals.values() if s.status == "fetched"]
 

@@ -19,6 +19,7 @@ from projections.learning.readmodels import learner_row
 from projections.learning.views import status_of
 from schemas import Envelope, emitted, new_event
 from schemas.learning import (
+    AgentSignal,
     DayCompleted,
     DayPlanned,
     DayRejected,
@@ -56,7 +57,7 @@ def apply(state, *envelopes):
     return state, out
 
 
-def plan_for(ask: Envelope, at: datetime) -> Envelope:
+def plan_for(ask: Envelope, at: datetime, signals: list[AgentSignal] | None = None) -> Envelope:
     """The day.planned an effect would emit for a signals request."""
     request = ask.payload
     assert isinstance(request, SignalsRequested)
@@ -66,7 +67,8 @@ def plan_for(ask: Envelope, at: datetime) -> Envelope:
                          plan_md="# plan", plan_json_summary=PlanSummary(title=f"Day {request.day}", description="d",
                                                                          steps=["a"]),
                          degraded_mode=False, cache_hits=0, cache_misses=4,
-                         signal_quality={"clo": SignalQuality(available=True, fresh=True)}, composer="template")
+                         signal_quality={"clo": SignalQuality(available=True, fresh=True)}, composer="template",
+                         signals=signals or [])
     return emitted(ask, 0, planned, actor="effect:learning", occurred_at=at)
 
 
@@ -116,16 +118,18 @@ def test_a_day_being_planned_is_reused_until_its_request_expires():
 
 def test_signals_are_kept_per_agent_and_passed_to_the_next_request():
     state, _ = apply(None, event(intent()))
-    state, ask, _ = run_day(state, 1, 1, T0)
-    fetched = SignalFetched(learner="ada", session_id=ask.payload.session_id, agent="clo", status="fetched",
-                            available=True, fresh=True, from_cache=False, attempts=1, etag='"v1"',
-                            data={"focus": "Backprop"}, validated_at=T0)
+    state, (ask,) = apply(state, event(DayRequested(learner="ada", week=1, day=1), T0))
+    fetched = AgentSignal(agent="clo", status="fetched", available=True, fresh=True, from_cache=False, attempts=1,
+                          etag='"v1"', data={"focus": "Backprop"}, validated_at=T0)
+    failed = AgentSignal(agent="ta", status="failed", available=False, fresh=False, from_cache=False, attempts=4,
+                         error="503")
+    state, _ = apply(state, plan_for(ask, T0, [fetched, failed]))  # the plan carries every agent's answer
+    assert (state.signals["clo"].data, state.signals["clo"].validated_at) == ({"focus": "Backprop"}, T0)
     later = T0 + timedelta(hours=2)
+    # A log written before plans carried the answers has one event per agent's answer: it updates the cache too.
     confirmed = SignalFetched(learner="ada", session_id=ask.payload.session_id, agent="clo", status="not_modified",
                               available=True, fresh=True, from_cache=True, attempts=1, etag='"v1"', validated_at=later)
-    failed = SignalFetched(learner="ada", session_id=ask.payload.session_id, agent="ta", status="failed",
-                           available=False, fresh=False, from_cache=False, attempts=4, error="503")
-    state, _ = apply(state, event(fetched), event(confirmed), event(failed))
+    state, _ = apply(state, event(confirmed, later))
     clo = state.signals["clo"]
     assert (clo.data, clo.etag, clo.fetched_at, clo.validated_at) == ({"focus": "Backprop"}, '"v1"', T0, later)
     assert state.signals["ta"].fetched_at is None and state.signals["ta"].last_error == "503"
