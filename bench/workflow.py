@@ -54,9 +54,7 @@ TYPES = ["workflow.task.updated", "workflow.phase.completion.requested", "workfl
          "workflow.artifact.recorded", "workflow.commit.captured", "workflow.bug.logged", "workflow.session.started"]
 OTHER_TYPES = ["conversation.message.received", "conversation.message.routed", "steps.step.completed",
                "outbound.message.queued", "learning.day.completed"]
-_SEARCH_INDEXES = ("events_task_scope",
-                   "events_stream",
-                   "events_search", "events_caused_by")
+_SEARCH_INDEXES = ("events_task_scope", "events_stream", "events_caused_by")
 
 
 def _words(rng: random.Random, n: int) -> str:
