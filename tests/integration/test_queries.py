@@ -222,7 +222,7 @@ async def test_replay_verify_reports_live_rows_the_log_does_not_give_and_tampere
     assert sessions.samples == (Mismatch(str(ghost_session), "missing_in_shadow"),)
     text = rendered(report)
     assert f"events missing_in_shadow {ghost_event}" in text
-    assert f"events differs {tampered} payload, search" in text
+    assert f"events differs {tampered} payload\n" in text
     assert f"conversation_sessions missing_in_shadow {ghost_session}" in text
     assert "mismatches may only be lag" not in text and text.rstrip().endswith("Live read models differ.")
 
