@@ -1,6 +1,11 @@
 """Workflow benchmark: context search over 1,000,000 archived events, and phase completions through the pipeline.
 
-    .venv/bin/python -m bench.workflow [--events 100000,1000000] [--queries 200] [--tasks 100] [--skip search|pipeline]
+    .venv/bin/python -m bench.workflow [--events 100000,1000000] [--queries 200] [--tasks 100]
+                                       [--skip derive,search,pipeline]
+
+Derive: what filling the search read model costs per archived event when the projector hands it 20 events at a
+time (one batch at about 100 messages/s), 200, or DERIVE_EVENTS (what it gathers before deriving), on 20,000
+events of a bench database (wall time of one connection, PostgreSQL's work almost all of it).
 
 Search, at each size of --events: the events are written with COPY straight into a bench database on the embedded
 PostgreSQL (20 sprints, 2,000 tasks with ~50 workflow events each, the rest other domains' events); the search
@@ -31,6 +36,7 @@ from psycopg import sql
 
 from agents.workflow.config import WorkflowSettings
 from projections.migrations import apply_migrations
+from projections.projector import DERIVE_EVENTS
 from projections.workflow.search import derive_search
 from projections.workflow.views import (
     SearchCache,
@@ -143,6 +149,26 @@ def explain(url: str, scope: str, scope_id: str | None, q: str, half_life_s: flo
             return "\n".join(row[0] for row in await cur.fetchall())
 
     return asyncio.run(plan())
+
+
+def bench_derive(postgres: EmbeddedPostgres, events: int = 20_000) -> None:
+    url = postgres.fresh_database("bench_workflow_derive")
+    asyncio.run(apply_migrations(url, sources=[("workflow", ROOT / "projections" / "workflow" / "migrations")]))
+    load_events(url, events)
+
+    async def per_event_us(size: int) -> float:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            ids = [row[0] for row in await (await conn.execute("SELECT event_id FROM events")).fetchall()]
+            await conn.execute("TRUNCATE workflow_search, workflow_search_types")
+            started = time.perf_counter()
+            for i in range(0, len(ids), size):
+                async with conn.transaction(), conn.cursor() as cur:
+                    await derive_search(cur, "public", ids[i:i + size])
+            return (time.perf_counter() - started) * 1e6 / len(ids)
+
+    print(f"\n=== search rows derived from {events:,} archived events, by batch ===")
+    for size in (20, 200, DERIVE_EVENTS):
+        print(f"batches of {size:>5,}: {asyncio.run(per_event_us(size)):6.1f} µs per event", flush=True)
 
 
 def build_search(url: str) -> tuple[float, float]:
@@ -280,12 +306,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--tasks", type=int, default=100, help="tasks walked through six phases in the pipeline run")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--skip", default="", help="comma-separated: search, pipeline")
+    parser.add_argument("--skip", default="", help="comma-separated: derive, search, pipeline")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     tmp = Path(tempfile.mkdtemp(prefix="baton-bench-workflow-"))
     postgres = EmbeddedPostgres(tmp / "pgdata").start()
     try:
+        if "derive" not in skip:
+            bench_derive(postgres)
         if "search" not in skip:
             for n in (int(size) for size in args.events.split(",")):
                 bench_search(postgres, n, args.queries)
