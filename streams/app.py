@@ -99,10 +99,9 @@ class _FlowControl(FlowControlEvent):
 
 class _Stream(faust.Stream):
     async def wait_for_stopped(self, *coros: object, timeout: float | None = None) -> bool:
-        # Stream.take_events waits for its buffer to fill, for at most `within` (10 ms), over and over, idle or not;
-        # mode's wait makes three tasks each time to watch for a stop as well, which made an idle agent cost about
-        # 0.5 % of a core. take_events checks should_stop after every wait, so a plain timed wait on the buffer sees
-        # a stop as soon; other waits go to mode's as before.
+        # Stream.take_events waits for its buffer to fill, for at most `within` (10 ms), over and over, idle or not,
+        # and mode's wait makes three tasks each time to watch for a stop as well. take_events checks should_stop
+        # after every wait, so a plain timed wait on the buffer sees a stop as soon. Other waits go to mode's.
         if timeout is not None and len(coros) == 1 and isinstance(event := coros[0], asyncio.Event):
             try:
                 async with asyncio.timeout(float(timeout)):

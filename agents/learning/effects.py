@@ -97,16 +97,15 @@ class SignalsEffect:
 
     async def _signal(self, envelope: Envelope, request: SignalsRequested, agent: str, url: str | None,
                       cached: CachedSignal | None, deadline: float) -> AgentSignal:
-        common = {"agent": agent}
         if url is None:
-            return AgentSignal(**common, status="unconfigured", available=cached is not None, fresh=False,
-                                 from_cache=cached is not None, etag=cached.etag if cached else None,
-                                 error="no endpoint configured", code="unconfigured")
+            return AgentSignal(agent=agent, status="unconfigured", available=cached is not None, fresh=False,
+                               from_cache=cached is not None, etag=cached.etag if cached else None,
+                               error="no endpoint configured", code="unconfigured")
         # A forced refresh revalidates every agent: a fresh cached signal is not served without asking.
         if (cached is not None and not request.force_refresh
                 and envelope.occurred_at - cached.validated_at < self.options.freshness(agent)):
-            return AgentSignal(**common, status="cached", available=True, fresh=True, from_cache=True,
-                                 etag=cached.etag, validated_at=cached.validated_at)
+            return AgentSignal(agent=agent, status="cached", available=True, fresh=True, from_cache=True,
+                               etag=cached.etag, validated_at=cached.validated_at)
         started = time.monotonic()
         headers = {"Authorization": f"Bearer {self._agent_token(envelope.tenant_id, request.learner)}",
                    "X-Idempotency-Key": f"{request.session_id}:{agent}"}
@@ -123,16 +122,16 @@ class SignalsEffect:
                 break
             await asyncio.sleep(wait)
         latency_ms = (time.monotonic() - started) * 1000
-        result = {**common, "attempts": attempts, "http_status": attempt.http_status, "latency_ms": latency_ms}
+        result = {"agent": agent, "attempts": attempts, "http_status": attempt.http_status, "latency_ms": latency_ms}
         if attempt.status == "fetched":
             return AgentSignal(**result, status="fetched", available=True, fresh=True, from_cache=False,
-                                 etag=attempt.etag, data=attempt.data, validated_at=self.clock())
+                               etag=attempt.etag, data=attempt.data, validated_at=self.clock())
         if attempt.status == "not_modified" and cached is not None:
             return AgentSignal(**result, status="not_modified", available=True, fresh=True, from_cache=True,
-                                 etag=attempt.etag or cached.etag, validated_at=self.clock())
+                               etag=attempt.etag or cached.etag, validated_at=self.clock())
         return AgentSignal(**result, status="failed", available=cached is not None, fresh=False,
-                             from_cache=cached is not None, etag=cached.etag if cached else None,
-                             error=attempt.error, code=attempt.code or "failed")
+                           from_cache=cached is not None, etag=cached.etag if cached else None,
+                           error=attempt.error, code=attempt.code or "failed")
 
     async def _call(self, url: str, headers: dict[str, str], body: dict[str, Any], deadline: float,
                     cached: CachedSignal | None) -> Attempt:
@@ -195,7 +194,8 @@ class SignalsEffect:
                   "session_id": request.session_id, "intent_id": request.intent.intent_id, "week": request.week,
                   "day": request.day, "topic": request.intent.topic,
                   "time_per_day_min": request.intent.time_per_day_min, "degraded_mode": degraded,
-                  "cache_hits": hits, "cache_misses": len(fetched) - hits, "signal_quality": quality, "signals": fetched}
+                  "cache_hits": hits, "cache_misses": len(fetched) - hits, "signal_quality": quality,
+                  "signals": fetched}
         cost = None
         if self.llm is not None:
             composed, cost = await self._compose_with_model(envelope, request, data, now)
