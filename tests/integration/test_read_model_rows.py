@@ -17,6 +17,7 @@ from projections import archive as event_writer
 from projections.conversations import readmodels as session_writer
 from projections.migrations import apply_migrations
 from projections.readmodel import write_rows
+from projections.workflow.search import derive_search
 from tests.fixtures.conversation_logs import conversation, inbound
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -73,8 +74,11 @@ async def test_events_are_archived_once_with_their_first_position(conn: AsyncCon
 async def test_archived_text_is_searchable(conn: AsyncConnection) -> None:
     log, _ = conversation("acme", "34600111222", [(T0, "support", True)])
     await write_events(conn, event_rows(log))
-    found = await select(conn, "SELECT type FROM events WHERE search @@ plainto_tsquery('simple', %s) ORDER BY type",
-                         "support")
+    # Through context search's read model, derived from the archive as the projector derives it.
+    async with conn.transaction(), conn.cursor() as cur:
+        await derive_search(cur, "public", [e.event_id for e in log])
+    found = await select(conn, "SELECT type FROM workflow_search WHERE doc @@ plainto_tsquery('english', %s)"
+                         " ORDER BY type", "support")
     assert {r["type"] for r in found} >= {"conversation.message.received", "conversation.message.routed"}
 
 

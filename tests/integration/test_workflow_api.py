@@ -94,7 +94,9 @@ def test_override_is_in_the_audit_trail_with_actor_and_reason(api: httpx.Client)
         "recommended": [{"kind": "field", "name": "acceptance_criteria"}, {"kind": "field", "name": "tags"}]}
     sprint = api.get("/v1/sprints/SPR-1").json()
     assert [t["task_code"] for t in sprint["tasks_by_phase"]["research"]] == ["TSK-2"]
-    hits = api.get("/v1/search", params={"q": "ticket spec", "scope": "task", "id": "TSK-2"}).json()["results"]
+    # Search rows are derived from the archive within half a second of it.
+    hits = eventually(lambda: api.get("/v1/search", params={"q": "ticket spec", "scope": "task", "id": "TSK-2",
+                                                            "no_cache": True}).json()["results"], "override searchable")
     assert {h["type"] for h in hits} == {"workflow.phase.completion.requested", "workflow.phase.overridden"}
     assert all("**ticket**" in h["snippet"] and "**spec**" in h["snippet"] for h in hits)
 
