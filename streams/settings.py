@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     fetch_wait_ms: int = Field(200, ge=1, le=10_000)
     state_flush_interval_s: float = Field(0.2, gt=0)
     projector_batch_max: int = Field(2000, ge=1)
-    projector_batch_within_s: float = Field(0.01, gt=0)
+    projector_batch_within_s: float = Field(0.1, gt=0)
 
     # Edge token buckets: per tenant on ingest (writes) and on queries (reads), per phone_number_id on the webhook.
     ingest_rate_per_s: float = Field(1000.0, gt=0)
