@@ -16,18 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.pipeline.harness import CLK
+from bench.pipeline.common import ROOT
+from bench.pipeline.harness import _proc_cpu
 from streams.runtime import Runtime
 from streams.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 def main() -> None:
@@ -41,13 +33,14 @@ def main() -> None:
             time.sleep(args.settle)
             # PostgreSQL's work happens in its backends, not its postmaster: left out.
             pids = {role: pid for role, pid in runtime.pids().items() if role not in ("supervisor", "postgres")}
-            before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+            before = _proc_cpu()
             time.sleep(args.seconds)
-            after = {role: cpu_seconds(pid) for role, pid in pids.items()}
+            after = _proc_cpu()
     domains = os.environ.get("BATON_DOMAINS") or "every registered domain"
     print(f"Idle runtime ({domains}), {args.seconds:.0f} s after {args.settle:.0f} s of settling:")
     for role in pids:
-        print(f"  {role:<10} {100 * (after[role] - before[role]) / args.seconds:5.1f} % of a core")
+        used = after[pids[role]][2] - before[pids[role]][2]
+        print(f"  {role:<10} {100 * used / args.seconds:5.1f} % of a core")
 
 
 if __name__ == "__main__":

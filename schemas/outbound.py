@@ -179,6 +179,11 @@ class SendRequested(SendOrder, Payload, frozen=True, kw_only=True):
     message_id: str
     agent_id: str
 
+    @classmethod
+    def of(cls, order: SendOrder, *, user_id: str, message_id: str, agent_id: str) -> SendRequested:
+        """The request of the attempt `order` describes, for this user, message and agent."""
+        return cls(user_id=user_id, message_id=message_id, agent_id=agent_id, **msgspec.structs.asdict(order))
+
 
 class RelevanceChecked(Payload, frozen=True, kw_only=True):
     """Whether a released message still made sense; a stale one is dropped and sends nothing."""

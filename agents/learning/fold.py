@@ -184,14 +184,14 @@ def _signal_after(signal: Signal | None, fetched: AgentSignal, at: datetime) -> 
 def _planned(state: LearnerState, envelope: Envelope, planned: DayPlanned, config: FoldConfig) -> dict[str, Any]:
     if any(s.session_id == planned.session_id for s in state.sessions):
         return {}
-    signals = _signals_after(state.signals, planned.signals, envelope.occurred_at) if planned.signals else state.signals
     session = Session(session_id=planned.session_id, intent_id=planned.intent_id, week=planned.week, day=planned.day,
                       topic=planned.topic, plan_title=planned.plan_json_summary.title,
                       degraded_mode=planned.degraded_mode, created_at=envelope.occurred_at,
                       planned_event_id=envelope.event_id)
     return {"sessions": [*state.sessions, session][-config.sessions_kept:],
             "pending": [p for p in state.pending if p.session_id != planned.session_id],
-            "total_sessions": state.total_sessions + 1, "signals": signals}
+            "total_sessions": state.total_sessions + 1,
+            "signals": _signals_after(state.signals, planned.signals, envelope.occurred_at)}
 
 
 def _completed(state: LearnerState, envelope: Envelope, done: DayCompleted) -> dict[str, Any]:

@@ -44,8 +44,8 @@ def send_request(envelope: Envelope) -> SendRequested | None:
     if isinstance(payload, SendRequested):
         return payload
     if isinstance(payload, MessageApproved | MessageReleased) and payload.send is not None:
-        return SendRequested(user_id=payload.user_id, message_id=payload.message_id, agent_id=payload.agent_id,
-                             **msgspec.structs.asdict(payload.send))
+        return SendRequested.of(payload.send, user_id=payload.user_id, message_id=payload.message_id,
+                                agent_id=payload.agent_id)
     return None
 
 

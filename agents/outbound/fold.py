@@ -375,9 +375,9 @@ class _Run:
                               key=lambda m: (_RANK[m.priority], m.seq)):
             if message.status == "retrying":
                 if message.retry_at is not None and message.retry_at <= self.now:
-                    order = self.send_order(message, message.attempts + 1)
-                    self.emit(SendRequested(user_id=self.state.user_id, message_id=message.message_id,
-                                            agent_id=message.agent_id, **msgspec.structs.asdict(order)))
+                    self.emit(SendRequested.of(self.send_order(message, message.attempts + 1),
+                                               user_id=self.state.user_id, message_id=message.message_id,
+                                               agent_id=message.agent_id))
                 continue
             if self.expired(message):
                 self.decide(message, "dropped", "expired", "expired")
