@@ -156,3 +156,64 @@ def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folde
         result.emitted.extend(emitted)
     result.writes.extend((key, state) for key, state in states.items() if key in changed and state is not None)
     return result
+
+
+@dataclass(slots=True)
+class _Unwritten(Generic[S]):
+    partition: int
+    state: S
+    awaits: bool  # its last fold emitted an effect request onto its own stream
+    ticks_left: int
+
+
+class UnwrittenStates(Generic[S]):
+    """States folded but not written to the table yet, coalesced per key, and when each is due.
+
+    A state is due at the next flush tick, or, when its fold emitted an effect request onto its own stream, once the
+    fold of that effect's outcome is in (request and outcome then cost one table write) or at the second tick,
+    whichever comes first. The caller writes everything before an offset commit (drain), so a committed record's
+    effect is always on the changelog.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, _Unwritten[S]] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._states
+
+    def get(self, key: str) -> S | None:
+        entry = self._states.get(key)
+        return None if entry is None else entry.state
+
+    def keep(self, key: str, partition: int, state: S, awaits: bool) -> bool:
+        """Keep a key's newest state; True when it is due now (the outcome it awaited is in), and no longer kept."""
+        entry = self._states.get(key)
+        if entry is None:
+            self._states[key] = _Unwritten(partition, state, awaits, ticks_left=2 if awaits else 1)
+        elif entry.awaits and not awaits:
+            del self._states[key]
+            return True
+        else:
+            entry.state, entry.awaits = state, awaits
+        return False
+
+    def tick(self) -> list[tuple[str, S]]:
+        """The states due at this flush tick, no longer kept."""
+        due = []
+        for key, entry in list(self._states.items()):
+            entry.ticks_left -= 1
+            if entry.ticks_left <= 0:
+                del self._states[key]
+                due.append((key, entry.state))
+        return due
+
+    def drain(self) -> list[tuple[str, S]]:
+        """Every state kept, no longer kept."""
+        states = [(key, entry.state) for key, entry in self._states.items()]
+        self._states.clear()
+        return states
+
+    def forget(self, partitions: Container[int]) -> None:
+        """Drop the states of keys on these partitions (another worker folds them again)."""
+        for key in [k for k, entry in self._states.items() if entry.partition in partitions]:
+            del self._states[key]

@@ -7,14 +7,13 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import faust
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from agents.batching import Record, fold_batch
+from agents.batching import Record, UnwrittenStates, fold_batch
 from schemas import DecodeError, Envelope, decode, encode, registration
 from streams import metrics
 from streams.app import domain_topic, raw_table
@@ -128,20 +127,6 @@ def worker_log(app: faust.App, settings: Settings) -> WorkerLog:
     return _logs.setdefault(id(app), WorkerLog(settings))
 
 
-@dataclass(slots=True)
-class Unwritten:
-    """A state folded but not written to the table yet.
-
-    A state whose fold emitted an effect request onto its own stream awaits that effect's outcome, which usually
-    follows within a flush interval: it waits for one more flush tick, and is written as soon as the outcome is folded.
-    """
-
-    partition: int
-    state: Any
-    awaits: bool
-    ticks_left: int  # flush ticks until it is written
-
-
 def register_domain(app: faust.App, settings: Settings, domain: Domain,
                     on_fold: Callable[[int], None] | None = None) -> EffectRunner | None:
     """Attach the domain's fold agent and tables to the app, and its effect runner when it has effects.
@@ -155,17 +140,16 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
     folder = domain.folder_under(settings, log.policies.book)
     codec = domain.state_codec
     requests = effects.effects.effect_types if effects is not None else frozenset()
-    # States folded but not yet in the table, coalesced per key: always written before an offset commit, so a
-    # committed record's effect is on the changelog (a crash loses only states of uncommitted records, which are
-    # redelivered and folded again), and otherwise at a flush tick, or as soon as the outcome a state awaits is in.
-    unwritten: dict[str, Unwritten] = {}
+    # States folded but not yet in the table (coalesced per key), written when due and always before an offset
+    # commit: a crash loses only states of uncommitted records, which are redelivered and folded again.
+    unwritten: UnwrittenStates[Any] = UnwrittenStates()
     # The last state this agent wrote per key, with the bytes it wrote: the in-memory table hands the
     # same bytes object back, so it is decoded again only after recovery or a rebalance.
     decoded: dict[bytes, tuple[bytes, Any]] = {}
 
     def load_state(key: str) -> Any:
-        if key in unwritten:
-            return unwritten[key].state
+        if (state := unwritten.get(key)) is not None:
+            return state
         raw_key = key.encode()
         data = states.get(raw_key)
         if not data:
@@ -179,39 +163,20 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
         decoded[key.encode()] = (data, state)
 
     def write_unwritten() -> None:
-        pending = list(unwritten.items())
-        unwritten.clear()
-        for key, entry in pending:
-            write(key, entry.state)
-
-    def keep_unwritten(key: str, partition: int, state: Any, awaits: bool) -> None:
-        entry = unwritten.get(key)
-        if entry is None:
-            unwritten[key] = Unwritten(partition, state, awaits, ticks_left=2 if awaits else 1)
-        elif entry.awaits and not awaits:
-            # The outcome its request awaited is folded in: request and outcome cost one changelog record.
-            del unwritten[key]
+        for key, state in unwritten.drain():
             write(key, state)
-        else:
-            entry.state, entry.awaits = state, awaits
 
     app.before_commit.append(write_unwritten)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_app: faust.App, revoked: set, **_kwargs: Any) -> None:
         # Another worker folds these partitions from their changelog and uncommitted records now.
-        lost = {tp.partition for tp in revoked if tp.topic == topic.get_topic_name()}
-        for key in [k for k, entry in unwritten.items() if entry.partition in lost]:
-            del unwritten[key]
+        unwritten.forget({tp.partition for tp in revoked if tp.topic == topic.get_topic_name()})
 
     @app.timer(settings.state_flush_interval_s)
     async def flush_states() -> None:
-        for key, entry in list(unwritten.items()):
-            if entry.ticks_left > 1:
-                entry.ticks_left -= 1
-            else:
-                del unwritten[key]
-                write(key, entry.state)
+        for key, state in unwritten.tick():
+            write(key, state)
 
     @app.agent(topic, concurrency=1, name=f"{domain.name}.fold")
     async def fold_agent(stream: faust.StreamT) -> None:
@@ -237,10 +202,8 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
             awaiting = {e.stream_id for e in result.emitted if e.type in requests}
             last = {key: i for i, (key, _) in enumerate(result.writes)}
             for i, (key, state) in enumerate(result.writes):
-                if last[key] == i:
-                    keep_unwritten(key, partitions.get(key.encode(), -1), state, key in awaiting)
-                else:
-                    write(key, state)  # a state an event ended goes to the changelog as is
+                if last[key] != i or unwritten.keep(key, partitions.get(key.encode(), -1), state, key in awaiting):
+                    write(key, state)  # a state an event ended goes to the changelog as is, and a state now due
             if effects is not None:
                 await effects.hand_over(read, emitted)
             metrics.FOLDED.labels(domain.name).inc(len(events))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agents.batching import Record, fold_batch
+from agents.batching import Record, UnwrittenStates, fold_batch
 from agents.conversations.config import conversation_folder
 from agents.conversations.fold import ConversationState
 from schemas import Envelope, encode
@@ -96,3 +96,39 @@ def test_bad_records_become_dead_letters_and_the_rest_is_folded() -> None:
     assert "differs from stream_id" in reasons[2]
     assert result.folded == 1
 
+
+
+def test_a_kept_state_is_written_once_at_the_next_flush_tick_with_its_newest_value() -> None:
+    states: UnwrittenStates[str] = UnwrittenStates()
+    assert not states.keep("a", 0, "a1", awaits=False)
+    assert not states.keep("a", 0, "a2", awaits=False)
+    assert states.get("a") == "a2" and "a" in states
+    assert states.tick() == [("a", "a2")]
+    assert states.tick() == [] and "a" not in states
+
+
+def test_a_state_awaiting_its_request_is_due_when_the_outcome_is_folded() -> None:
+    states: UnwrittenStates[str] = UnwrittenStates()
+    states.keep("turn", 0, "received", awaits=True)
+    states.keep("other", 0, "x", awaits=False)
+    assert states.tick() == [("other", "x")]  # the awaiting one waits one more tick
+    assert states.keep("turn", 0, "answered", awaits=False)  # due now: the caller writes "answered" alone
+    assert "turn" not in states and states.tick() == []
+
+
+def test_a_state_awaiting_an_outcome_that_does_not_come_is_written_at_the_second_tick() -> None:
+    states: UnwrittenStates[str] = UnwrittenStates()
+    states.keep("turn", 0, "routed", awaits=True)
+    assert states.tick() == []
+    assert not states.keep("turn", 0, "reply requested", awaits=True)  # a chain of requests: still awaiting
+    assert states.tick() == [("turn", "reply requested")]
+
+
+def test_drain_hands_over_every_kept_state_and_forget_drops_revoked_partitions() -> None:
+    states: UnwrittenStates[str] = UnwrittenStates()
+    states.keep("p0", 0, "s0", awaits=True)
+    states.keep("p1", 1, "s1", awaits=False)
+    states.keep("p2", 2, "s2", awaits=True)
+    states.forget({1})
+    assert sorted(states.drain()) == [("p0", "s0"), ("p2", "s2")]
+    assert states.tick() == [] and states.drain() == []
