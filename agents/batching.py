@@ -163,16 +163,15 @@ class _Unwritten(Generic[S]):
     partition: int
     state: S
     awaits: bool  # its last fold emitted an effect request onto its own stream
-    ticks_left: int
 
 
 class UnwrittenStates(Generic[S]):
     """States folded but not written to the table yet, coalesced per key, and when each is due.
 
-    A state is due at the next flush tick, or, when its fold emitted an effect request onto its own stream, once the
-    fold of that effect's outcome is in (request and outcome then cost one table write) or at the second tick,
-    whichever comes first. The caller writes everything before an offset commit (drain), so a committed record's
-    effect is always on the changelog.
+    A state is due at the next flush tick; when its fold emitted an effect request onto its own stream, it awaits the
+    effect's outcome instead and is due once the outcome is folded in (request and outcome then cost one table
+    write). The caller writes everything before each offset commit (drain), so every state is written by then, and a
+    committed record's effect is always on the changelog.
     """
 
     def __init__(self) -> None:
@@ -188,23 +187,17 @@ class UnwrittenStates(Generic[S]):
     def keep(self, key: str, partition: int, state: S, awaits: bool) -> bool:
         """Keep a key's newest state; True when it is due now (the outcome it awaited is in), and no longer kept."""
         entry = self._states.get(key)
-        if entry is None:
-            self._states[key] = _Unwritten(partition, state, awaits, ticks_left=2 if awaits else 1)
-        elif entry.awaits and not awaits:
+        if entry is not None and entry.awaits and not awaits:
             del self._states[key]
             return True
-        else:
-            entry.state, entry.awaits = state, awaits
+        self._states[key] = _Unwritten(partition, state, awaits)
         return False
 
     def tick(self) -> list[tuple[str, S]]:
-        """The states due at this flush tick, no longer kept."""
-        due = []
-        for key, entry in list(self._states.items()):
-            entry.ticks_left -= 1
-            if entry.ticks_left <= 0:
-                del self._states[key]
-                due.append((key, entry.state))
+        """The states due at a flush tick (all but those awaiting an outcome), no longer kept."""
+        due = [(key, entry.state) for key, entry in self._states.items() if not entry.awaits]
+        for key, _ in due:
+            del self._states[key]
         return due
 
     def drain(self) -> list[tuple[str, S]]:

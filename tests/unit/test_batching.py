@@ -111,17 +111,18 @@ def test_a_state_awaiting_its_request_is_due_when_the_outcome_is_folded() -> Non
     states: UnwrittenStates[str] = UnwrittenStates()
     states.keep("turn", 0, "received", awaits=True)
     states.keep("other", 0, "x", awaits=False)
-    assert states.tick() == [("other", "x")]  # the awaiting one waits one more tick
+    assert states.tick() == [("other", "x")]  # the awaiting one is not due at a tick
     assert states.keep("turn", 0, "answered", awaits=False)  # due now: the caller writes "answered" alone
     assert "turn" not in states and states.tick() == []
 
 
-def test_a_state_awaiting_an_outcome_that_does_not_come_is_written_at_the_second_tick() -> None:
+def test_a_state_awaiting_an_outcome_that_does_not_come_is_written_at_the_commit() -> None:
     states: UnwrittenStates[str] = UnwrittenStates()
     states.keep("turn", 0, "routed", awaits=True)
     assert states.tick() == []
     assert not states.keep("turn", 0, "reply requested", awaits=True)  # a chain of requests: still awaiting
-    assert states.tick() == [("turn", "reply requested")]
+    assert states.tick() == []
+    assert states.drain() == [("turn", "reply requested")]  # before the offset commit
 
 
 def test_drain_hands_over_every_kept_state_and_forget_drops_revoked_partitions() -> None:
