@@ -31,8 +31,7 @@ _logs: dict[int, WorkerLog] = {}  # one per app, shared by its agents
 class WorkerLog:
     """Sends events and dead letters, each envelope to its own domain's topic under its key.
 
-    Its own producer batches whatever is sent while a request is in flight (Faust's producer writes one record
-    per batch, which table changelogs need on the embedded broker: streams.app).
+    Its own producer batches whatever is sent while a request is in flight, without Faust's per-record send path.
     """
 
     def __init__(self, settings: Settings) -> None:

@@ -7,13 +7,14 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 import faust
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
 from streams.settings import Settings
-from streams.topics import changelog_topic
+from streams.topics import changelog_topic, log_end_offsets
 
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
@@ -30,6 +31,15 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
             await super().on_thread_stop()
         except asyncio.CancelledError:
             pass
+
+    async def _highwaters(self, partitions):
+        # Table recovery reads each changelog up to its highwater. Tansu's ListOffsets answers the last record
+        # batch's base offset + 1, short of the end when that batch holds several records: read the exact ends
+        # from a fetch instead, so changelogs can be written in batches too.
+        if self.app.settings is None or not self.app.settings.embedded:
+            return await super()._highwaters(partitions)
+        ends = await log_end_offsets(self.app.settings, [TopicPartition(tp.topic, tp.partition) for tp in partitions])
+        return {TP(tp.topic, tp.partition): end for tp, end in ends.items()}
 
     async def _fetch_records(self, consumer, active_partitions, timeout=None, max_records=None):
         # Faust hands over its live set of active partitions, which recovery may empty meanwhile, and
@@ -116,6 +126,7 @@ class BatonApp(faust.App):
     """A Faust app whose consumer honours the configured fetch wait and never drops buffered records."""
 
     fetch_wait_ms: int = 500
+    settings: Settings | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -133,9 +144,6 @@ class BatonApp(faust.App):
 def create_app(settings: Settings) -> faust.App:
     """A Faust app configured for the broker profile (DESIGN.md: embedded broker facts)."""
     embedded = {
-        # One record per batch: Tansu's high watermark undercounts multi-record batches,
-        # and table recovery reads changelogs only up to it.
-        "producer_max_batch_size": 1,
         "producer_linger": 0.0,
         "producer_acks": 1,
         "broker_session_timeout": 6.0,
@@ -166,6 +174,7 @@ def create_app(settings: Settings) -> faust.App:
         **(embedded if settings.embedded else kafka),
     )
     app.fetch_wait_ms = settings.fetch_wait_ms
+    app.settings = settings
     return app
 
 

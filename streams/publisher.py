@@ -49,7 +49,7 @@ class InvalidEnvelope(StreamsError, ValueError):
 def producer_options(settings: Settings) -> dict[str, object]:
     """Producer settings for domain and dead-letter topics: records sent while a request is in flight go
     together in the next one (group commit). Readers of these topics never trust ListOffsets on the embedded
-    broker (streams.topics.log_end_offsets); only table changelogs keep one record per batch (streams.app)."""
+    broker (streams.topics.log_end_offsets), table recovery included (streams.app)."""
     timeout = {"request_timeout_ms": int(settings.publish_timeout_s * 1000)}
     if settings.embedded:
         return {"acks": 1, "linger_ms": 0, **timeout}

@@ -1,4 +1,5 @@
-"""Multi-record batches on domain topics: ends read exactly, and a worker killed while they fly loses nothing."""
+"""Multi-record batches on domain topics and changelogs: ends read exactly, and a worker killed while they fly
+loses nothing."""
 
 from __future__ import annotations
 
@@ -78,10 +79,10 @@ def test_worker_killed_while_batched_emissions_are_in_flight_loses_nothing(runti
     exact = asyncio.run(log_end_offsets(settings, domain + changelog))
     listed = asyncio.run(listed_ends(settings, domain + changelog))
     if settings.embedded:
-        # The domain topic really holds multi-record batches, and the changelogs, which Faust recovers up to
-        # ListOffsets, hold one record per batch: that is what keeps table recovery exact.
+        # The domain topic and the changelog the restarted worker recovered its table from really hold
+        # multi-record batches, whose last records ListOffsets does not count: recovery read up to the exact ends.
         assert sum(exact[tp] for tp in domain) > sum(listed[tp] for tp in domain)
-        assert {tp: exact[tp] for tp in changelog} == {tp: listed[tp] for tp in changelog}
+        assert sum(exact[tp] for tp in changelog) > sum(listed[tp] for tp in changelog)
     with psycopg.connect(settings.database_url) as conn:
         (archived,) = conn.execute("SELECT count(*) FROM events WHERE type = 'conversation.message.received'").fetchone()
     assert archived == contacts * per_contact
