@@ -26,7 +26,6 @@ def main() -> None:
         broker=f"kafka://{bootstrap}",
         store="memory://",
         processing_guarantee="at_least_once",
-        producer_max_batch_size=1,
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
