@@ -21,7 +21,7 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: faust_kafka.Transport):
         consumer = super()._create_worker_consumer(transport)
         # Faust hard-codes a 1500 ms fetch wait; Tansu answers a parked fetch only when it expires.
-        consumer._fetch_max_wait_ms = self.app.fetch_wait_ms
+        consumer._fetch_max_wait_ms = self.app.settings.fetch_wait_ms
         return consumer
 
     async def on_thread_stop(self) -> None:
@@ -36,7 +36,7 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
         # Table recovery reads each changelog up to its highwater. Tansu's ListOffsets answers the last record
         # batch's base offset + 1, short of the end when that batch holds several records: read the exact ends
         # from a fetch instead, so changelogs can be written in batches too.
-        if self.app.settings is None or not self.app.settings.embedded:
+        if not self.app.settings.embedded:
             return await super()._highwaters(partitions)
         ends = await log_end_offsets(self.app.settings, [TopicPartition(tp.topic, tp.partition) for tp in partitions])
         return {TP(tp.topic, tp.partition): end for tp, end in ends.items()}
@@ -123,13 +123,12 @@ class _Stream(faust.Stream):
 
 
 class BatonApp(faust.App):
-    """A Faust app whose consumer honours the configured fetch wait and never drops buffered records."""
+    """A Faust app whose consumer honours the configured fetch wait, never drops buffered records and recovers
+    tables up to their changelogs' exact ends."""
 
-    fetch_wait_ms: int = 500
-    settings: Settings | None = None
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Settings, **kwargs) -> None:
+        super().__init__(settings.app_id, **kwargs)
+        self.settings = settings
         # Synchronous callables run before every offset commit (see _Consumer._commit_tps).
         self.before_commit: list[Callable[[], None]] = []
 
@@ -158,8 +157,8 @@ def create_app(settings: Settings) -> faust.App:
         "broker_heartbeat_interval": 1.0,
         "broker_rebalance_timeout": 20.0,
     }
-    app = BatonApp(
-        settings.app_id,
+    return BatonApp(
+        settings,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
         processing_guarantee="at_least_once",
@@ -173,9 +172,6 @@ def create_app(settings: Settings) -> faust.App:
         Stream=_Stream,
         **(embedded if settings.embedded else kafka),
     )
-    app.fetch_wait_ms = settings.fetch_wait_ms
-    app.settings = settings
-    return app
 
 
 def domain_topic(app: faust.App, settings: Settings, domain: str) -> faust.TopicT:
