@@ -19,6 +19,7 @@ from streams.publisher import Publisher, producer_options
 from streams.runtime import Runtime
 from streams.settings import Settings, settings_env
 from streams.topics import changelog_topic, ensure_topics, log_end_offsets
+from tests.fixtures.effects import read_topics
 from tests.fixtures.pipeline import acme_messages, acme_sessions
 from tests.fixtures.waiting import eventually
 
@@ -91,30 +92,13 @@ def test_worker_killed_while_batched_emissions_are_in_flight_loses_nothing(runti
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-async def latest_states(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, dict[bytes, bytes]]:
-    """The last value of every key of a changelog, per partition."""
-    ends = await log_end_offsets(settings, tps)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        latest: dict[TopicPartition, dict[bytes, bytes]] = {tp: {} for tp in tps}
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                latest[tp].update((r.key, r.value) for r in records)
-        return latest
-    finally:
-        await consumer.stop()
-
-
 async def append_in_one_batch_per_partition(settings: Settings, topic: str,
-                                            records: dict[TopicPartition, dict[bytes, bytes]]) -> None:
+                                            records: dict[int, dict[bytes, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=200)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key, partition=tp.partition)
-                   for tp, values in records.items() for key, value in values.items()]
+        futures = [await producer.send(topic, value, key=key, partition=partition)
+                   for partition, values in records.items() for key, value in values.items()]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -147,9 +131,11 @@ def test_a_restarted_worker_recovers_every_record_of_a_changelogs_last_batch(run
         state = json.loads(value)
         return json.dumps({**state, "messages_received": state["messages_received"] + 100}).encode()
 
-    latest = asyncio.run(latest_states(settings, tps))
+    latest: dict[int, dict[bytes, bytes]] = {}  # per partition, each key's last state
+    for record in asyncio.run(read_topics(settings, [changelog])):
+        latest.setdefault(record.partition, {})[record.key] = record.value
     asyncio.run(append_in_one_batch_per_partition(settings, changelog, {
-        tp: {key: bumped(value) for key, value in values.items()} for tp, values in latest.items()}))
+        partition: {key: bumped(value) for key, value in values.items()} for partition, values in latest.items()}))
     if settings.embedded:  # the embedded broker's ListOffsets misses records of those batches
         exact, listed = asyncio.run(log_end_offsets(settings, tps)), asyncio.run(listed_ends(settings, tps))
         assert sum(exact.values()) > sum(listed.values())
