@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench.pipeline.common import ROOT
-from bench.pipeline.harness import _proc_cpu
+from bench.pipeline.harness import proc_cpu
 from streams.runtime import Runtime
 from streams.settings import Settings
 
@@ -33,9 +33,9 @@ def main() -> None:
             time.sleep(args.settle)
             # PostgreSQL's work happens in its backends, not its postmaster: left out.
             pids = {role: pid for role, pid in runtime.pids().items() if role not in ("supervisor", "postgres")}
-            before = _proc_cpu()
+            before = proc_cpu()
             time.sleep(args.seconds)
-            after = _proc_cpu()
+            after = proc_cpu()
     domains = os.environ.get("BATON_DOMAINS") or "every registered domain"
     print(f"Idle runtime ({domains}), {args.seconds:.0f} s after {args.settle:.0f} s of settling:")
     for role in pids:

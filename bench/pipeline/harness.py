@@ -84,7 +84,7 @@ def broker_component(name: str) -> str:
 CLK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu() -> dict[int, tuple[str, int, float]]:
+def proc_cpu() -> dict[int, tuple[str, int, float]]:
     """pid -> (comm, ppid, user+system CPU seconds) for every process."""
     found = {}
     for entry in os.listdir("/proc"):
@@ -145,11 +145,11 @@ class CpuMeter:
         return "other child"
 
     def start(self) -> CpuMeter:
-        self.before, self.wall, self.busy = _proc_cpu(), time.perf_counter(), _machine_busy()
+        self.before, self.wall, self.busy = proc_cpu(), time.perf_counter(), _machine_busy()
         return self
 
     def stop(self) -> tuple[float, dict[str, float]]:
-        after, wall, busy = _proc_cpu(), time.perf_counter() - self.wall, _machine_busy() - self.busy
+        after, wall, busy = proc_cpu(), time.perf_counter() - self.wall, _machine_busy() - self.busy
         used: dict[str, float] = defaultdict(float)
         for pid, (comm, _, cpu) in after.items():
             name = self.group(pid, after)
