@@ -75,25 +75,25 @@ class PolicyReader:
         self.settings = settings
         self.book = book or PolicyBook()
         self._consumer: AIOKafkaConsumer | None = None
+        self._ends: AIOKafkaConsumer | None = None  # probes the topic's ends (log_end_offsets) at each refresh
         self._partitions: list[TopicPartition] = []
         self._lock = asyncio.Lock()
         self._read_at = float("-inf")
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        for consumer in (self._consumer, self._ends):
+            if consumer is not None:
+                await consumer.stop()
+        self._consumer = self._ends = None
 
     async def refresh(self) -> PolicyBook:
         """Read every adoption up to the topic's end now (the first call connects)."""
         async with self._lock:
             self._read_at = time.monotonic()
             if self._consumer is None:
-                consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None,
-                                            enable_auto_commit=False, auto_offset_reset="earliest",
-                                            client_id=f"{self.settings.app_id}-policies")
-                await consumer.start()
-                self._consumer = consumer
+                self._consumer = await self._started_consumer("policies")
+            if self._ends is None:
+                self._ends = await self._started_consumer("policies-ends")
             consumer = self._consumer
             if not self._partitions:  # the topic may be created after this reader started
                 self._partitions = await topic_partitions(consumer, [self.settings.topic(POLICY_DOMAIN)])
@@ -101,7 +101,7 @@ class PolicyReader:
                     return self.book
                 consumer.assign(self._partitions)
                 await consumer.seek_to_beginning(*self._partitions)
-            ends = await log_end_offsets(self.settings, self._partitions)
+            ends = await log_end_offsets(self.settings, self._partitions, consumer=self._ends)
             pending = {tp for tp in self._partitions if await consumer.position(tp) < ends[tp]}
             while pending:
                 batch = await consumer.getmany(*pending, timeout_ms=500)
@@ -110,6 +110,13 @@ class PolicyReader:
                         self._read(record.value)
                 pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
             return self.book
+
+    async def _started_consumer(self, name: str) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    client_id=f"{self.settings.app_id}-{name}")
+        await consumer.start()
+        return consumer
 
     async def stamp(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
         """The envelopes, each one without a policy stamped with its tenant's policy in force (the topic is read

@@ -120,35 +120,50 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) ->
     return [TopicPartition(topic, p) for topic in topics for p in sorted(cluster.partitions_for_topic(topic) or ())]
 
 
-async def log_end_offsets(settings: Settings, tps: Sequence[TopicPartition], wait_s: float = 10.0) -> dict[TopicPartition, int]:
+async def log_end_offsets(settings: Settings, tps: Sequence[TopicPartition], wait_s: float = 10.0,
+                          consumer: AIOKafkaConsumer | None = None) -> dict[TopicPartition, int]:
     """The offset after each partition's last record.
 
     The embedded broker's ListOffsets answers the base offset of the last record batch + 1, which is short
     of the end when that batch holds several records (DESIGN.md); the high watermark of a fetch response is
     exact. So fetch the last listed record and read the watermark the broker sends with it.
+
+    `consumer`, a started consumer without a group, probes instead of a new one and is left without partitions:
+    who asks again and again keeps one, since a new consumer's first ListOffsets on Apache Kafka waits about
+    100 ms for metadata.
     """
+    if consumer is not None:
+        try:
+            return await _probed_ends(consumer, tps, wait_s)
+        finally:
+            consumer.unsubscribe()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, client_id=f"{settings.app_id}-log-end")
     await consumer.start()
     try:
-        listed = await consumer.end_offsets(list(tps))
-        probe = [tp for tp in tps if listed[tp] > 0]
-        if not probe:
-            return listed
-        consumer.assign(probe)
-        for tp in probe:
-            consumer.seek(tp, listed[tp] - 1)
-        ends = dict(listed)
-        pending = set(probe)
-        deadline = time.monotonic() + wait_s
-        while pending and time.monotonic() < deadline:
-            await consumer.getmany(*pending, timeout_ms=200, max_records=1)
-            for tp in list(pending):
-                if (highwater := consumer.highwater(tp)) is not None:
-                    ends[tp] = max(listed[tp], highwater)
-                    pending.discard(tp)
-        if pending:
-            raise RuntimeError(f"no fetch answered for {sorted(pending)} within {wait_s:.0f} s")
-        return ends
+        return await _probed_ends(consumer, tps, wait_s)
     finally:
         await consumer.stop()
+
+
+async def _probed_ends(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition],
+                       wait_s: float) -> dict[TopicPartition, int]:
+    listed = await consumer.end_offsets(list(tps))
+    probe = [tp for tp in tps if listed[tp] > 0]
+    if not probe:
+        return listed
+    consumer.assign(probe)
+    for tp in probe:
+        consumer.seek(tp, listed[tp] - 1)
+    ends = dict(listed)
+    pending = set(probe)
+    deadline = time.monotonic() + wait_s
+    while pending and time.monotonic() < deadline:
+        await consumer.getmany(*pending, timeout_ms=200, max_records=1)
+        for tp in list(pending):
+            if (highwater := consumer.highwater(tp)) is not None:
+                ends[tp] = max(listed[tp], highwater)
+                pending.discard(tp)
+    if pending:
+        raise RuntimeError(f"no fetch answered for {sorted(pending)} within {wait_s:.0f} s")
+    return ends

@@ -38,18 +38,23 @@ async def listed_ends(settings: Settings, tps: list[TopicPartition]) -> dict[Top
 async def test_log_end_offsets_count_every_record_of_multi_record_batches(settings: Settings) -> None:
     await ensure_topics(settings)
     topic = settings.topic("conversations")
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **producer_options(settings))
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, b"x%d" % i, key=b"k", partition=0) for i in range(25)]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
     tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-    exact = await log_end_offsets(settings, tps)
-    assert exact == {tps[0]: 25, **{tp: 0 for tp in tps[1:]}}
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **producer_options(settings))
+    # A reader that asks again and again (the policy reader) probes with one consumer it keeps.
+    kept = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
+    await asyncio.gather(producer.start(), kept.start())
+    try:
+        for total in (25, 50):
+            futures = [await producer.send(topic, b"x%d" % i, key=b"k", partition=0) for i in range(25)]
+            await asyncio.gather(*futures)
+            exact = {tps[0]: total, **{tp: 0 for tp in tps[1:]}}
+            assert await log_end_offsets(settings, tps) == exact
+            assert await log_end_offsets(settings, tps, consumer=kept) == exact
+            assert kept.assignment() == set()
+    finally:
+        await asyncio.gather(producer.stop(), kept.stop())
     if settings.embedded:  # what the helper exists for: ListOffsets stops at the last batch's base offset + 1
-        assert (await listed_ends(settings, tps))[tps[0]] < 25
+        assert (await listed_ends(settings, tps))[tps[0]] < 50
 
 
 def test_worker_killed_while_batched_emissions_are_in_flight_loses_nothing(runtime: Runtime) -> None:
