@@ -35,7 +35,7 @@ each by pid, children included; the broker as "broker (tansu)" or "broker (kafka
 --profile py-spy the worker(s), projector and API sampled during (1) and the fold worker during (3); at the
 end one table of Baton (one row per broker and worker count) against the peer: answered messages/s, CPU ms
 per answered message (all of each system's processes), log records and broker CPU per answered message,
-Baton ÷ peer; where the CPU goes per component; and issue 5's aims beside the figures, per broker.
+Baton ÷ peer; where the CPU goes per component; and issue 22's aims beside the figures, per broker.
 
 Experiments (not the defaults): BATON_FETCH_WAIT_MS and other settings in the environment,
 BENCH_GC=default (the fold worker in (3) without the worker's GC tuning),
