@@ -43,9 +43,11 @@ class WorkerLog:
     async def producer(self) -> AIOKafkaProducer:
         async with self._starting:
             if self._producer is None:
+                # Each call sends a whole batch before it waits, so lingering would only delay it (the publisher
+                # lingers 5 ms on Apache Kafka to group what concurrent requests send).
                 producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
                                             client_id=f"{self.settings.app_id}-worker-log",
-                                            **producer_options(self.settings))
+                                            **{**producer_options(self.settings), "linger_ms": 0})
                 await producer.start()
                 self._producer = producer
         return self._producer
