@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 import psycopg
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from prometheus_client import Counter
 from psycopg import AsyncConnection, AsyncCursor
@@ -328,4 +329,4 @@ def main(settings: Settings) -> None:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics.serve(settings.metrics_port)
-    asyncio.run(until_signalled())
+    uvloop.run(until_signalled())

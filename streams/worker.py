@@ -9,6 +9,7 @@ import signal
 import threading
 
 import faust
+import uvloop
 from faust.worker import Worker
 
 from agents.streaming import register_domain, worker_log
@@ -96,7 +97,7 @@ def run_worker(settings: Settings) -> None:
     """Create topics, then run the worker until SIGINT/SIGTERM (a stop that hangs is cut short)."""
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    asyncio.set_event_loop(uvloop.new_event_loop())
     app = build_worker_app(settings)
     tune_gc(app)
     report_lag(app)
