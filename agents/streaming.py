@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -52,25 +53,47 @@ class WorkerLog:
                 self._producer = producer
         return self._producer
 
-    async def send_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes]],
-                       partition: Callable[[bytes | None], int | None] = lambda _key: None) -> list[Record]:
-        """Send (key, value) pairs and wait until the broker has them; returns them where the broker stored them."""
+    async def send_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> list[Record]:
+        """Send (key, value) pairs, each to its key's partition (any, without a key), and wait until the broker has
+        them; returns them where the broker stored them.
+
+        Each partition's records go out as batches built in place: aiokafka's send() takes several coroutines per
+        record, a quarter of the worker's time when it sent this way.
+        """
         records = list(records)
         if not records:
             return []
         producer = await self.producer()
-        futures = [await producer.send(topic, value, key=key, partition=partition(key)) for key, value in records]
-        stored = await asyncio.gather(*futures)
-        return [Record(topic, at.partition, at.offset, key, value)
-                for (key, value), at in zip(records, stored, strict=True)]
+        partitions = len(await producer.partitions_for(topic))
+        by_partition: dict[int, list[int]] = {}
+        for i, (key, _) in enumerate(records):
+            partition = key_partition(key, partitions)
+            by_partition.setdefault(random.randrange(partitions) if partition is None else partition, []).append(i)
+        sent: list[tuple[asyncio.Future, list[int]]] = []  # a batch's delivery, and the records it holds in order
+        for partition, indexes in by_partition.items():
+            batch, held = producer.create_batch(), []
+            for i in indexes:
+                key, value = records[i]
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: the record starts the next
+                    sent.append((await producer.send_batch(batch, topic, partition=partition), held))
+                    batch, held = producer.create_batch(), []
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"a record of {len(value)} bytes does not fit a batch for {topic}")
+                held.append(i)
+            sent.append((await producer.send_batch(batch, topic, partition=partition), held))
+        stored: list[Record | None] = [None] * len(records)
+        for delivery, held in sent:
+            at = await delivery
+            for n, i in enumerate(held):
+                stored[i] = Record(topic, at.partition, at.offset + n, *records[i])
+        return stored  # type: ignore[return-value]  # every index is in one batch
 
-    async def forward(self, records: Sequence[Record], partitions: int) -> None:
+    async def forward(self, records: Sequence[Record]) -> None:
         """Send records, unchanged, to the partition their key belongs on, and wait until the broker has them."""
         by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
         for record in records:
             by_topic.setdefault(record.topic, []).append((record.key, record.value or b""))
-        await asyncio.gather(*(self.send_all(topic, pairs, lambda key: key_partition(key, partitions))
-                               for topic, pairs in by_topic.items()))
+        await asyncio.gather(*(self.send_all(topic, pairs) for topic, pairs in by_topic.items()))
 
     async def publish(self, envelopes: Sequence[Envelope]) -> list[tuple[Envelope, Record]]:
         """Send envelopes to their domains' topics under their stream ids; returns each, stamped, with its record."""
@@ -215,7 +238,7 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
         # Per-key order and a single writer per state hold only on the key's own partition: a record elsewhere
         # is forwarded there (same bytes, same event id) before this batch is acknowledged, and folded there,
         # in order with the key's other events; a redelivery of it is an applied id the fold skips.
-        await log.forward(wrong, settings.topic_partitions)
+        await log.forward(wrong)
         actors = Counter(_actor(record) for record in wrong)
         for actor, count in actors.items():
             metrics.REROUTED.labels(domain.name, actor).inc(count)

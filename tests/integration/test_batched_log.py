@@ -14,11 +14,12 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from agents.streaming import WorkerLog
 from streams.embedded import child_env
 from streams.publisher import Publisher, producer_options
 from streams.runtime import Runtime
 from streams.settings import Settings, settings_env
-from streams.topics import changelog_topic, ensure_topics, log_end_offsets
+from streams.topics import changelog_topic, ensure_topics, key_partition, log_end_offsets
 from tests.fixtures.effects import read_topics
 from tests.fixtures.pipeline import acme_messages, acme_sessions
 from tests.fixtures.waiting import eventually
@@ -55,6 +56,24 @@ async def test_log_end_offsets_count_every_record_of_multi_record_batches(settin
         await asyncio.gather(producer.stop(), kept.stop())
     if settings.embedded:  # what the helper exists for: ListOffsets stops at the last batch's base offset + 1
         assert (await listed_ends(settings, tps))[tps[0]] < 50
+
+
+async def test_the_worker_log_says_where_each_record_of_its_batches_was_stored(settings: Settings) -> None:
+    await ensure_topics(settings)
+    topic = settings.topic("conversations")
+    # More than one batch per partition (a batch holds 16 KiB), keys on every partition, and keyless records.
+    sent = [(f"conversation:acme:{i % 40}".encode(), b"%04d" % i + b"." * 300) for i in range(400)]
+    sent += [(None, b"keyless %d" % i) for i in range(10)]
+    log = WorkerLog(settings)
+    try:
+        stored = await log.send_all(topic, sent)
+    finally:
+        await (await log.producer()).stop()
+    assert [(r.key, r.value) for r in stored] == sent
+    assert all(r.partition == key_partition(r.key, settings.topic_partitions) for r in stored if r.key)
+    assert len({(r.partition, r.offset) for r in stored}) == len(sent)
+    on_log = {(r.partition, r.offset): (r.key, r.value) for r in await read_topics(settings, [topic])}
+    assert on_log == {(r.partition, r.offset): (r.key, r.value) for r in stored}
 
 
 def test_worker_killed_while_batched_emissions_are_in_flight_loses_nothing(runtime: Runtime) -> None:
