@@ -30,7 +30,8 @@ _logs: dict[int, WorkerLog] = {}  # one per app, shared by its agents
 
 
 class WorkerLog:
-    """Sends events and dead letters, each envelope to its own domain's topic under its key.
+    """Sends events and dead letters, each envelope to its own domain's topic under its key, and table changes to
+    their changelogs.
 
     Its own producer batches whatever is sent while a request is in flight, without Faust's per-record send path.
     """
@@ -40,6 +41,38 @@ class WorkerLog:
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
         self.policies = PolicyReader(settings)  # stamps what the worker's timers publish; folds resolve stamps
+        self._changes: list[tuple[str, bytes, bytes]] = []  # table changes not handed to the producer yet
+        self._sending: asyncio.Future[None] | None = None
+        self._send_failure: BaseException | None = None
+
+    def write(self, table: faust.Table, key: bytes, value: bytes) -> None:
+        """Set a table's key now and send the change to the table's changelog after every change written before it
+        (the changelog is restored in its order: the last change of a key wins)."""
+        table.data[key] = value
+        self._changes.append((table.changelog_topic.get_topic_name(), key, value))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.ensure_future(self._send_changes())
+
+    async def _send_changes(self) -> None:
+        # One batch at a time, in order: whatever was written while a batch was in flight goes out as the next.
+        try:
+            while self._changes:
+                changes, self._changes = self._changes, []
+                by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
+                for topic, key, value in changes:
+                    by_topic.setdefault(topic, []).append((key, value))
+                await asyncio.gather(*(self.send_all(topic, pairs) for topic, pairs in by_topic.items()))
+        except BaseException as exc:
+            self._send_failure = exc
+            raise
+
+    async def changes_sent(self) -> None:
+        """Wait until the broker has every table change written so far; raise if one could not be sent (offsets
+        must then not be committed: the worker stops and its records are redelivered)."""
+        while self._sending is not None and not self._sending.done():
+            await asyncio.wait([self._sending])
+        if self._send_failure is not None:
+            raise self._send_failure
 
     async def producer(self) -> AIOKafkaProducer:
         async with self._starting:
@@ -147,8 +180,12 @@ def _actor(record: Record) -> str:
 
 
 def worker_log(app: faust.App, settings: Settings) -> WorkerLog:
-    """The app's one producer of events and dead letters, shared by every agent and timer of the worker."""
-    return _logs.setdefault(id(app), WorkerLog(settings))
+    """The app's one producer of events, dead letters and table changes, shared by every agent and timer of the
+    worker; the app waits for its table changes before it commits offsets or gives partitions away."""
+    if id(app) not in _logs:
+        _logs[id(app)] = log = WorkerLog(settings)
+        app.before_offsets_commit.append(log.changes_sent)
+    return _logs[id(app)]
 
 
 def register_domain(app: faust.App, settings: Settings, domain: Domain,
@@ -182,9 +219,9 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
         return cached[1] if cached is not None and cached[0] is data else codec.decode(data)
 
     def write(key: str, state: Any) -> None:
-        data = codec.encode(state)
-        states[key.encode()] = data
-        decoded[key.encode()] = (data, state)
+        data, raw_key = codec.encode(state), key.encode()
+        log.write(states, raw_key, data)
+        decoded[raw_key] = (data, state)
 
     def write_unwritten() -> None:
         for key, state in unwritten.drain():
@@ -272,9 +309,11 @@ class Ledger:
     restored with a topic partition holds its ledger. What another worker wrote is read again after a rebalance.
     """
 
-    def __init__(self, table: faust.Table, partitions: int) -> None:
+    def __init__(self, table: faust.Table, partitions: int,
+                 write: Callable[[faust.Table, bytes, bytes], None]) -> None:
         self.table = table
         self.partitions = partitions
+        self._write = write
         self._started: dict[int, dict[str, bytes]] = {}  # per partition: request id → the slot key holding it
         self._slots: dict[int, dict[bytes, list[str]]] = {}
         self._seq: dict[int, int] = {}
@@ -296,7 +335,7 @@ class Ledger:
         for old in self._slots[partition].pop(key, []):
             if started.get(old) == key:
                 del started[old]
-        self.table[key] = msgspec.json.encode(LedgerSlot(seq, ids))
+        self._write(self.table, key, msgspec.json.encode(LedgerSlot(seq, ids)))
         self._slots[partition][key] = ids
         started.update(dict.fromkeys(ids, key))
         self._seq[partition] = seq
@@ -347,7 +386,7 @@ class EffectRunner:
         self.app, self.settings, self.domain, self.log = app, settings, domain, log
         self.effects = domain.effects(settings)  # type: ignore[misc]
         ledger_table = raw_table(app, settings, domain.ledger_table)
-        self.ledger = Ledger(ledger_table, settings.topic_partitions)  # type: ignore[arg-type]
+        self.ledger = Ledger(ledger_table, settings.topic_partitions, log.write)  # type: ignore[arg-type]
         self.topic_name = topic.get_topic_name()
         # Per request: its record, its envelope, the message to release once it has run (None: emitted, not read
         # yet) and whether it runs (False: a read-back copy of a request that ran as it was emitted).
@@ -425,7 +464,7 @@ class EffectRunner:
             # Repeatable effects just run again after a crash; a non-repeatable one is recorded before it runs.
             for partition, ids in starting.items():
                 ledger.record(partition, ids)
-            await self.app.producer.flush()
+            await self.log.changes_sent()
         results = await asyncio.gather(*(self._timed(env) for _, env in todo), return_exceptions=True)
         failed: list[tuple[Record, str]] = []
         for (record, envelope), result in zip(todo, results, strict=True):

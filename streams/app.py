@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 
 import faust
@@ -80,6 +80,12 @@ class _Consumer(faust_kafka.Consumer):
             hook()
         return await super()._commit_tps(tps, start_new_transaction)
 
+    async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
+        # What the hooks above wrote may still be on its way: the offsets are committed once the broker has it.
+        for flushed in self.app.before_offsets_commit:
+            await flushed()
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+
     def _new_offset(self, tp: TP) -> int | None:
         # Faust commits the first run of acked offsets even when the record at the commit position
         # was never acked (it tolerates a gap of one, and any gap before the first commit), so a
@@ -131,6 +137,14 @@ class BatonApp(faust.App):
         self.settings = settings
         # Synchronous callables run before every offset commit (see _Consumer._commit_tps).
         self.before_commit: list[Callable[[], None]] = []
+        # Awaited before offsets are committed and before partitions are given away: writes sent by other producers
+        # than Faust's (table changes through the worker's own) must be on the broker by then.
+        self.before_offsets_commit: list[Callable[[], Awaitable[None]]] = []
+
+    async def _producer_flush(self, logger) -> None:
+        await super()._producer_flush(logger)
+        for flushed in self.before_offsets_commit:
+            await flushed()
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)

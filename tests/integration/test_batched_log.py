@@ -15,12 +15,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.streaming import WorkerLog
+from streams.app import create_app, raw_table
 from streams.embedded import child_env
 from streams.publisher import Publisher, producer_options
 from streams.runtime import Runtime
 from streams.settings import Settings, settings_env
 from streams.topics import changelog_topic, ensure_topics, key_partition, log_end_offsets
-from tests.fixtures.effects import read_topics
+from tests.fixtures.effects import conversations_domain, read_topics
 from tests.fixtures.pipeline import acme_messages, acme_sessions
 from tests.fixtures.waiting import eventually
 
@@ -74,6 +75,28 @@ async def test_the_worker_log_says_where_each_record_of_its_batches_was_stored(s
     assert len({(r.partition, r.offset) for r in stored}) == len(sent)
     on_log = {(r.partition, r.offset): (r.key, r.value) for r in await read_topics(settings, [topic])}
     assert on_log == {(r.partition, r.offset): (r.key, r.value) for r in stored}
+
+
+async def test_table_changes_reach_the_changelog_in_the_order_they_were_made(settings: Settings) -> None:
+    await ensure_topics(settings)
+    name = conversations_domain(settings).state_table
+    table = raw_table(create_app(settings), settings, name)
+    log = WorkerLog(settings)
+    keys = [b"conversation:acme:%d" % i for i in range(8)]
+    try:
+        for n in range(300):  # written faster than sent: several changes of a key go out in one batch
+            log.write(table, keys[n % len(keys)], b"%d" % n)
+            if n % 50 == 0:
+                await asyncio.sleep(0)
+        await log.changes_sent()
+    finally:
+        await (await log.producer()).stop()
+    assert table.data[keys[3]] == b"299"  # the table holds each key's last change at once
+    changes: dict[bytes, list[int]] = {}
+    for record in await read_topics(settings, [changelog_topic(settings, name)]):
+        assert record.partition == key_partition(record.key, settings.topic_partitions)
+        changes.setdefault(record.key, []).append(int(record.value))
+    assert changes == {key: list(range(i, 300, len(keys))) for i, key in enumerate(keys)}
 
 
 def test_worker_killed_while_batched_emissions_are_in_flight_loses_nothing(runtime: Runtime) -> None:
