@@ -91,7 +91,7 @@ class WorkerLog:
         them; returns them where the broker stored them.
 
         Each partition's records go out as batches built in place: aiokafka's send() takes several coroutines per
-        record, a quarter of the worker's time when it sent this way.
+        record (12.5 µs of CPU per record against 6).
         """
         records = list(records)
         if not records:
@@ -327,7 +327,7 @@ class Ledger:
         return before_slots is not None and event_id in _slot_decoder.decode(before_slots)  # type: ignore[operator]
 
     def record(self, partition: int, ids: list[str]) -> None:
-        """Write that these requests start now (the caller flushes the producer before running them)."""
+        """Write that these requests start now (the caller waits until the change is sent before running them)."""
         self._load(partition)
         seq = self._seq[partition] + 1
         key = self._slot_key(partition, seq % LEDGER_SLOTS)
