@@ -58,10 +58,7 @@ class WorkerLog:
         try:
             while self._changes:
                 changes, self._changes = self._changes, []
-                by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
-                for topic, key, value in changes:
-                    by_topic.setdefault(topic, []).append((key, value))
-                await asyncio.gather(*(self.send_all(topic, pairs) for topic, pairs in by_topic.items()))
+                await self._send_to_topics(changes)
         except BaseException as exc:
             self._send_failure = exc
             raise
@@ -121,12 +118,16 @@ class WorkerLog:
                 stored[i] = Record(topic, at.partition, at.offset + n, *records[i])
         return stored  # type: ignore[return-value]  # every index is in one batch
 
+    async def _send_to_topics(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> None:
+        """Send (topic, key, value) records, each topic's with one send_all, and wait until the broker has them."""
+        by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
+        for topic, key, value in records:
+            by_topic.setdefault(topic, []).append((key, value))
+        await asyncio.gather(*(self.send_all(topic, pairs) for topic, pairs in by_topic.items()))
+
     async def forward(self, records: Sequence[Record]) -> None:
         """Send records, unchanged, to the partition their key belongs on, and wait until the broker has them."""
-        by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
-        for record in records:
-            by_topic.setdefault(record.topic, []).append((record.key, record.value or b""))
-        await asyncio.gather(*(self.send_all(topic, pairs) for topic, pairs in by_topic.items()))
+        await self._send_to_topics((record.topic, record.key, record.value or b"") for record in records)
 
     async def publish(self, envelopes: Sequence[Envelope]) -> list[tuple[Envelope, Record]]:
         """Send envelopes to their domains' topics under their stream ids; returns each, stamped, with its record."""

@@ -82,8 +82,7 @@ class _Consumer(faust_kafka.Consumer):
 
     async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
         # What the hooks above wrote may still be on its way: the offsets are committed once the broker has it.
-        for flushed in self.app.before_offsets_commit:
-            await flushed()
+        await self.app.other_writes_sent()
         return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
 
     def _new_offset(self, tp: TP) -> int | None:
@@ -141,10 +140,13 @@ class BatonApp(faust.App):
         # than Faust's (table changes through the worker's own) must be on the broker by then.
         self.before_offsets_commit: list[Callable[[], Awaitable[None]]] = []
 
-    async def _producer_flush(self, logger) -> None:
-        await super()._producer_flush(logger)
+    async def other_writes_sent(self) -> None:
         for flushed in self.before_offsets_commit:
             await flushed()
+
+    async def _producer_flush(self, logger) -> None:
+        await super()._producer_flush(logger)
+        await self.other_writes_sent()
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)
