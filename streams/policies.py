@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from schemas import DecodeError, Envelope, decode, new_event
 from schemas.policies import DEFAULT_SCOPE, PolicyAdopted, Sections, content_hash
@@ -180,3 +181,20 @@ async def adopt_configured(reader: PolicyReader, configured: Sections,
     log.info("adopted the configured policy %s (was %s)", envelope.payload.policy,  # type: ignore[attr-defined]
              envelope.payload.previous)  # type: ignore[attr-defined]
     return envelope.payload.policy  # type: ignore[attr-defined]
+
+
+async def adopt_configured_once_reachable(
+        reader: PolicyReader, configured: Sections, publish: Callable[[Sequence[Envelope]], Awaitable[object]], *,
+        first_delay_s: float = 0.5, max_delay_s: float = 10.0,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> str | None:
+    """adopt_configured, tried again with a doubling delay while the broker cannot be reached (a worker's broker
+    may be away for a while, as its consumers wait for it; the adoption is one idempotent event)."""
+    delay = first_delay_s
+    while True:
+        try:
+            return await adopt_configured(reader, configured, publish)
+        except KafkaError as exc:
+            log.warning("adopting the configured policy failed (%s: %s); trying again in %.1f s",
+                        type(exc).__name__, exc, delay)
+            await sleep(delay)
+            delay = min(delay * 2, max_delay_s)

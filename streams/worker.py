@@ -16,7 +16,7 @@ from agents.streaming import register_domain, worker_log
 from streams import metrics
 from streams.app import create_app
 from streams.liveness import beat_on_timer
-from streams.policies import adopt_configured, configured_sections
+from streams.policies import adopt_configured_once_reachable, configured_sections
 from streams.registry import load_domains
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -33,7 +33,7 @@ def build_worker_app(settings: Settings) -> faust.App:
 
     @app.task
     async def adopt_configured_policy() -> None:
-        await adopt_configured(log.policies, configured_sections(settings), log.publish)
+        await adopt_configured_once_reachable(log.policies, configured_sections(settings), log.publish)
 
     return app
 

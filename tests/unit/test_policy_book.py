@@ -6,12 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from agents.batching import Record, fold_batch
 from schemas import encode
 from schemas.policies import content_hash
 from streams.domains.conversations import DOMAIN as CONVERSATIONS
-from streams.policies import PolicyBook, adoption
+from streams.policies import PolicyBook, adopt_configured_once_reachable, adoption
 from streams.settings import Settings, get_settings
 from tests.fixtures.conversation_logs import inbound
 
@@ -65,3 +66,33 @@ def test_adopting_the_policy_in_force_again_is_no_event_and_a_hash_names_its_con
     tenant = {**SHORT, "outbound": {"daily_limit": 2}}
     book.adopt(adoption(book, "acme", tenant, reason="command", actor="ops"))  # type: ignore[arg-type]
     assert (book.stamp("acme"), book.stamp("globex")) == (content_hash(tenant), content_hash(SHORT))
+
+
+class _UnreachableReader:
+    """A policy reader whose broker answers only from the third read on."""
+
+    def __init__(self) -> None:
+        self.book, self.reads = PolicyBook(), 0
+
+    async def refresh(self) -> None:
+        self.reads += 1
+        if self.reads <= 2:
+            raise KafkaConnectionError("Unable to bootstrap from [('localhost', 9092)]")
+
+
+async def test_a_worker_adopts_the_configured_policy_once_its_broker_answers_instead_of_crashing() -> None:
+    reader, published, delays = _UnreachableReader(), [], []
+
+    async def publish(envelopes) -> None:
+        published.extend(envelopes)
+        for envelope in envelopes:
+            reader.book.adopt(envelope)
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    adopted = await adopt_configured_once_reachable(reader, dict(SHORT), publish, first_delay_s=0.5, sleep=sleep)
+    assert adopted == content_hash(SHORT)
+    assert delays == [0.5, 1.0]  # two failed reads, each followed by a doubled wait
+    assert [e.payload.policy for e in published] == [content_hash(SHORT)]
+    assert reader.book.stamp("acme") == content_hash(SHORT)
