@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import psycopg
@@ -75,12 +76,15 @@ def state_changelogs(settings: Settings) -> dict[str, Domain]:
     return {changelog_topic(settings, d.state_table): d for d in load_domains(settings)}
 
 
-async def assigned_consumer(settings: Settings, topics: Sequence[str], client_id: str) -> AIOKafkaConsumer:
-    """A started consumer without a group, assigned every partition of `topics` (created beforehand)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", client_id=client_id, fetch_max_wait_ms=settings.fetch_wait_ms,
-    )
+async def assigned_consumer(settings: Settings, topics: Sequence[str], client_id: str,
+                            **options: Any) -> AIOKafkaConsumer:
+    """A started consumer without a group, assigned every partition of `topics` (created beforehand); options
+    replace AIOKafkaConsumer's."""
+    consumer = AIOKafkaConsumer(**{
+        "bootstrap_servers": settings.kafka_bootstrap_servers, "group_id": None, "enable_auto_commit": False,
+        "auto_offset_reset": "earliest", "client_id": client_id, "fetch_max_wait_ms": settings.fetch_wait_ms,
+        **options,
+    })
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topics)
@@ -126,7 +130,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event | None = None, o
         await derive(conn, derived, None)  # whatever a stop between a batch and its derivation left out
         stored = await load_offsets(conn)
         consumer = await assigned_consumer(
-            settings, [*domain_topics(settings), *changelogs], f"{settings.app_id}-projector"
+            settings, [*domain_topics(settings), *changelogs], f"{settings.app_id}-projector",
+            fetch_min_bytes=settings.projector_fetch_min_bytes,
+            fetch_max_wait_ms=int(settings.projector_batch_within_s * 1000),
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers, client_id=f"{settings.app_id}-projector",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 from typing import TypeVar
 
 from agents.conversations.routing import find_phrases, tokens
@@ -48,10 +49,16 @@ def _ranked(text: str, candidates: list[tuple[T, list[str]]]) -> list[T]:
     words = tokens(text)
     scored = []
     for position, (candidate, keywords) in enumerate(candidates):
-        score = len(set(find_phrases(words, {tokens(k): k for k in keywords})))
+        score = len(set(find_phrases(words, _phrases(tuple(keywords)))))
         if score:
             scored.append((-score, position, candidate))
     return [candidate for *_, candidate in sorted(scored, key=lambda row: row[:2])]
+
+
+@lru_cache(maxsize=4096)
+def _phrases(keywords: tuple[str, ...]) -> dict[tuple[str, ...], str]:
+    """A FAQ entry's or product's keywords as find_phrases looks them up (tokenized once per keyword list)."""
+    return {tokens(k): k for k in keywords}
 
 
 def _faq_answer(text: str, tenant: Tenant) -> str | None:
