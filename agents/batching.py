@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from agents.errors import AgentError
-from schemas import DecodeError, Envelope, decode, stream_id_for
+from schemas import DecodeError, Envelope, decode, encode, stream_id_for
 
 S = TypeVar("S")
 
@@ -47,10 +47,12 @@ def envelope_of(record: Record) -> Envelope:
 
 @dataclass(slots=True)
 class BatchResult(Generic[S]):
-    """What one batch produced: ordered table writes, emitted events, dead letters."""
+    """What one batch produced: ordered table writes, emitted events, effect requests handed to the effects without
+    being logged (each with the record whose fold made it), dead letters."""
 
     writes: list[tuple[str, S]] = field(default_factory=list)
     emitted: list[Envelope] = field(default_factory=list)
+    requests: list[tuple[Record, Envelope]] = field(default_factory=list)
     dead: list[tuple[Record, str]] = field(default_factory=list)
     folded: int = 0
     redelivered: int = 0
@@ -60,16 +62,32 @@ class BatchResult(Generic[S]):
 APPLIED_IDS_KEPT = 1024
 
 
+class PendingRequest(msgspec.Struct, frozen=True):
+    """An unlogged effect request the state's fold made, kept until its outcome is folded in."""
+
+    offset: int  # of the record whose fold made it
+    cause: str  # that record's event id, which the request's outcomes name as their cause
+    envelope: bytes  # encoded
+
+
+# How many unlogged requests a state keeps waiting for their outcomes (one whose effect was dead-lettered never
+# gets one: the oldest is dropped).
+PENDING_REQUESTS_KEPT = 64
+
+
 class FoldState(msgspec.Struct, kw_only=True):
     """The spine's part of every domain state (folds never touch it).
 
     applied_event_ids: the events the state includes (with the decisions it emitted onto its own stream), so a
     duplicate on the log changes nothing; log_offset: the offset of the last record folded in, so a redelivered
-    record is skipped before it is decoded.
+    record is skipped before it is decoded; pending_requests: the unlogged effect requests (Folder.unlogged) its
+    folds made whose outcomes it does not include yet, handed to the effects again when the record that made one
+    is redelivered.
     """
 
     applied_event_ids: list[str] = []
     log_offset: int = -1
+    pending_requests: list[PendingRequest] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +115,11 @@ class Folder(Generic[S]):
     applied_ids_kept: int = APPLIED_IDS_KEPT
     # The config under the policy an event is stamped with (streams.policies); `config` decides unstamped events.
     config_of: Callable[[str], Any] | None = None
+    # Effect requests (types) the fold emits onto its own stream that are handed to the effects without being
+    # logged: their fold changes nothing and their outcome event carries what an audit needs. Their outcomes name
+    # the logged event the request was made from as their cause; the state keeps each request until an event
+    # caused by that event is folded in.
+    unlogged: frozenset[str] = frozenset()
 
     def apply(self, state: S | None, envelope: Envelope) -> tuple[S | None, list[Envelope]]:
         """Fold one envelope unless the state already includes its event; record the event as applied."""
@@ -108,9 +131,21 @@ class Folder(Generic[S]):
         if new_state is None or (new_state is state and not emitted):
             return new_state, emitted
         # A decision the fold emits onto its own stream is applied as it is made: its echo is a duplicate.
-        own = [str(e.event_id) for e in emitted if e.stream_id == envelope.stream_id]
+        own = [str(e.event_id) for e in emitted if e.stream_id == envelope.stream_id and e.type not in self.unlogged]
         applied = [*new_state.applied_event_ids, event_id, *own][-self.applied_ids_kept:]  # type: ignore[attr-defined]
         return msgspec.structs.replace(new_state, applied_event_ids=applied), emitted
+
+    def pending_after(self, state: S | None, envelope: Envelope, offset: int,
+                      emitted: list[Envelope]) -> list[PendingRequest]:
+        """The pending requests of a state once `envelope` (at `offset`) is folded into it: less those it is an
+        outcome of, plus the unlogged requests its fold made."""
+        pending: list[PendingRequest] = [] if state is None else state.pending_requests  # type: ignore[attr-defined]
+        if envelope.causation_id is not None and pending:
+            cause = str(envelope.causation_id)
+            pending = [p for p in pending if p.cause != cause]
+        made = [PendingRequest(offset, str(envelope.event_id), encode(e)) for e in emitted
+                if e.type in self.unlogged and e.stream_id == envelope.stream_id]
+        return [*pending, *made][-PENDING_REQUESTS_KEPT:] if made else pending
 
 
 def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folder: Folder[S],
@@ -129,8 +164,12 @@ def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folde
         key = record.key.decode("utf-8", "replace")
         state = states[key] if key in states else load(key)
         if state is not None and record.offset <= state.log_offset:
-            # A redelivery of a record this state already includes (not a duplicate on the log).
+            # A redelivery of a record this state already includes (not a duplicate on the log). The unlogged
+            # requests it made that have no outcome yet are handed to the effects again (the ledger tells whether
+            # one started).
             result.redelivered += 1
+            result.requests.extend((record, decode(p.envelope)) for p in state.pending_requests
+                                   if p.offset == record.offset)
             continue
         try:
             envelope = envelope_of(record)
@@ -151,9 +190,16 @@ def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folde
             # The changelog must hold every state an event ends (a conversation's session): write it before it is
             # replaced.
             result.writes.append((key, state))
-        states[key] = None if new_state is None else msgspec.structs.replace(new_state, log_offset=record.offset)
+        if new_state is not None:
+            pending = folder.pending_after(state, envelope, record.offset, emitted)
+            new_state = msgspec.structs.replace(new_state, log_offset=record.offset, pending_requests=pending)
+        states[key] = new_state
         changed.add(key)
-        result.emitted.extend(emitted)
+        for event in emitted:
+            if event.type in folder.unlogged and event.stream_id == key:
+                result.requests.append((record, event))
+            else:
+                result.emitted.append(event)
     result.writes.extend((key, state) for key, state in states.items() if key in changed and state is not None)
     return result
 

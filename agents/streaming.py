@@ -197,9 +197,9 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
     """
     topic = domain_topic(app, settings, domain.name)
     log = worker_log(app, settings)
-    effects = EffectRunner(app, settings, domain, topic, log) if domain.effects is not None else None
-    states = raw_table(app, settings, domain.state_table)
     folder = domain.folder_under(settings, log.policies.book)
+    effects = EffectRunner(app, settings, domain, topic, log, folder.unlogged) if domain.effects is not None else None
+    states = raw_table(app, settings, domain.state_table)
     codec = domain.state_codec
     requests = effects.effects.effect_types if effects is not None else frozenset()
     # States folded but not yet in the table (coalesced per key), written when due and always before an offset
@@ -262,12 +262,13 @@ def register_domain(app: faust.App, settings: Settings, domain: Domain,
             await log.dead_letter(result.dead, f"fold:{domain.name}")
             partitions = {r.key: r.partition for r in records}
             awaiting = {e.stream_id for e in result.emitted if e.type in requests}
+            awaiting.update(e.stream_id for _, e in result.requests)
             last = {key: i for i, (key, _) in enumerate(result.writes)}
             for i, (key, state) in enumerate(result.writes):
                 if last[key] != i or unwritten.keep(key, partitions.get(key.encode(), -1), state, key in awaiting):
                     write(key, state)  # a state an event ended goes to the changelog as is, and a state now due
             if effects is not None:
-                await effects.hand_over(read, emitted)
+                await effects.hand_over(read, emitted, result.requests)
             metrics.FOLDED.labels(domain.name).inc(len(events))
             if on_fold is not None:
                 on_fold(len(events))
@@ -383,9 +384,11 @@ class EffectRunner:
     again). A rebalance waits for every request handed over before it gives partitions away.
     """
 
-    def __init__(self, app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: WorkerLog) -> None:
+    def __init__(self, app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: WorkerLog,
+                 unlogged: frozenset[str] = frozenset()) -> None:
         self.app, self.settings, self.domain, self.log = app, settings, domain, log
         self.effects = domain.effects(settings)  # type: ignore[misc]
+        self.unlogged = unlogged  # request types the fold hands over without logging them (Folder.unlogged)
         ledger_table = raw_table(app, settings, domain.ledger_table)
         self.ledger = Ledger(ledger_table, settings.topic_partitions, log.write)  # type: ignore[arg-type]
         self.topic_name = topic.get_topic_name()
@@ -410,10 +413,11 @@ class EffectRunner:
             while True:
                 await self.run_next()
 
-    async def hand_over(self, read: Sequence[tuple[Record, Any]],
-                        emitted: Sequence[tuple[Envelope, Record]] = ()) -> None:
-        """Queue the effect requests among a batch's records (each on its key's partition, with its message), then
-        those its fold emitted and the broker has (the fold agent acks the batch once this returns)."""
+    async def hand_over(self, read: Sequence[tuple[Record, Any]], emitted: Sequence[tuple[Envelope, Record]] = (),
+                        unlogged: Sequence[tuple[Record, Envelope]] = ()) -> None:
+        """Queue the effect requests among a batch's records (each on its key's partition, with its message), those
+        its fold made without logging them (with the record whose fold made each), then those its fold emitted and
+        the broker has (the fold agent acks the batch once this returns)."""
         requests: dict[uuid.UUID, tuple[Record, Envelope, Any, bool]] = {}
         for record, message in read:
             envelope = _effect_request(record, self.effects.effect_types)
@@ -423,6 +427,15 @@ class EffectRunner:
             message.incref()
             ran = self._emitted.pop(envelope.event_id, None) is not None
             requests[envelope.event_id] = (record, envelope, message, not ran)
+        if unlogged:
+            # The record that made an unlogged request is committed only once the request has run: a crash before
+            # redelivers it, and the fold hands the request over again from its state (or makes it again).
+            messages = {(record.partition, record.offset): message for record, message in read}
+            for record, envelope in unlogged:
+                if envelope.event_id not in requests:
+                    message = messages[(record.partition, record.offset)]
+                    message.incref()
+                    requests[envelope.event_id] = (record, envelope, message, True)
         for envelope, record in emitted:
             if (record.topic == self.topic_name and envelope.type in self.effects.effect_types
                     and envelope.event_id not in requests):
@@ -456,7 +469,7 @@ class EffectRunner:
                 if ledger.started(record.partition, envelope.stream_id, envelope.event_id.hex):
                     # Started before a crash, redelivered or emitted again: never run again. The result carries the
                     # same event id as the original outcome, so whichever reached the log first wins.
-                    outputs.extend(effects.unknown_outcome(envelope))
+                    outputs.extend(self._outcomes(envelope, effects.unknown_outcome(envelope)))
                     metrics.EFFECTS.labels(name, envelope.type, "unknown").inc()
                     continue
                 starting.setdefault(record.partition, []).append(envelope.event_id.hex)
@@ -472,10 +485,16 @@ class EffectRunner:
             if isinstance(result, BaseException):
                 failed.append((record, f"effect: {type(result).__name__}: {result}"))
             else:
-                outputs.extend(result)
+                outputs.extend(self._outcomes(envelope, result))
             metrics.EFFECTS.labels(name, envelope.type, "error" if isinstance(result, BaseException) else "ok").inc()
         await self.log.publish(outputs)
         await self.log.dead_letter(failed, f"effects:{name}")
+
+    def _outcomes(self, request: Envelope, events: list[Envelope]) -> list[Envelope]:
+        if request.type not in self.unlogged:
+            return events
+        # The request is not on the log: its outcomes name the logged event it was made from as their cause.
+        return [msgspec.structs.replace(e, causation_id=request.causation_id) for e in events]
 
 
 def _record(event: faust.EventT) -> Record:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.batching import Folder
-from agents.conversations.effects import Effects
+from agents.conversations.effects import ROUTING_REQUESTED, Effects
 from agents.conversations.fold import FoldConfig, count_duplicate, fold
 from agents.tenants import load_tenants
 from streams.registry import DomainPolicy
@@ -53,6 +53,8 @@ def conversation_folder(_settings: Settings) -> Folder:
         config=ConversationsPolicy().fold_config(),
         ends_state=lambda envelope: envelope.type == "conversation.session.expired",
         on_duplicate=count_duplicate,
+        # Answered in one effect run, whose message.answered (lane, rule, reply, WhatsApp id) is the audit record.
+        unlogged=frozenset({ROUTING_REQUESTED}),
     )
 
 

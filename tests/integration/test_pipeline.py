@@ -135,9 +135,9 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(runtime: Runtime)
     except AssertionError as exc:
         with psycopg.connect(runtime.settings.database_url) as conn:
             counts = conn.execute("SELECT type, count(*) FROM events GROUP BY type ORDER BY type").fetchall()
-            unanswered = conn.execute(  # effect requests on the log that no outcome answers: where they sit
+            unanswered = conn.execute(  # messages and reply requests that no outcome answers: where they sit
                 "SELECT q.type, q.partition, q.\"offset\" FROM events q WHERE q.type IN"
-                " ('conversation.routing.requested', 'conversation.reply.requested') AND NOT EXISTS"
+                " ('conversation.message.received', 'conversation.reply.requested') AND NOT EXISTS"
                 " (SELECT 1 FROM events a WHERE a.causation_id = q.event_id) ORDER BY 2, 3").fetchall()
         raise AssertionError(f"{exc}; sessions {acme_sessions(runtime.settings)}; events {counts};"
                              f" requests without outcome {unanswered}") from None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from agents.batching import Record, UnwrittenStates, fold_batch
 from agents.conversations.config import conversation_folder
 from agents.conversations.fold import ConversationState
-from schemas import Envelope, encode
-from schemas.conversations import conversation_stream_id
+from schemas import Envelope, decode, emitted, encode
+from schemas.conversations import MessageAnswered, conversation_stream_id
 from streams.settings import Settings
 from tests.fixtures.conversation_logs import inbound
 
@@ -57,8 +59,38 @@ def test_echoes_of_emitted_events_write_nothing() -> None:
     table: dict[str, ConversationState] = {}
     first = run(records([message("1", "a", T0)]), table)
     echoes = run(records(first.emitted, first_offset=1), table)
-    assert [e.type for e in first.emitted] == ["conversation.session.started", "conversation.routing.requested"]
-    assert echoes.folded == 2 and echoes.writes == [] and echoes.emitted == []
+    assert [e.type for e in first.emitted] == ["conversation.session.started"]
+    assert echoes.folded == 1 and echoes.writes == [] and echoes.emitted == []
+
+
+def answer(request: Envelope) -> Envelope:
+    """The one-run outcome of an unlogged routing request, as the effect runner logs it: caused by the message."""
+    payload = request.payload
+    outcome = emitted(request, 0, MessageAnswered(session_id=payload.session_id, contact=payload.contact,
+                                                  message_event_id=payload.message_event_id, lane="info",
+                                                  reply_text="Abrimos a las 9.", sender="log",
+                                                  whatsapp_message_id="wamid.1"), actor="effect:sender")
+    return msgspec.structs.replace(outcome, causation_id=request.causation_id)
+
+
+def test_a_routing_request_goes_to_the_effects_unlogged_and_its_state_keeps_it_until_the_outcome() -> None:
+    key = conversation_stream_id("acme", "1")
+    table: dict[str, ConversationState] = {}
+    inbound_record = records([message("1", "a", T0)])
+    first = run(inbound_record, table)
+    ((source, request),) = first.requests
+    assert request.type == "conversation.routing.requested" and source is inbound_record[0]
+    assert request.type not in [e.type for e in first.emitted]  # nothing of it reaches the log
+    assert [decode(p.envelope) for p in table[key].pending_requests] == [request]
+
+    # Redelivered (a crash before the request ran): the same request is handed over again, from the state.
+    again = run(inbound_record, table)
+    assert again.redelivered == 1 and [(r.offset, e) for r, e in again.requests] == [(0, request)]
+
+    outcome = run(records([answer(request)], first_offset=1), table)
+    assert outcome.requests == [] and table[key].pending_requests == []
+    assert table[key].replies_sent == 1
+    assert run(inbound_record, table).requests == []  # answered: a redelivery hands nothing over
 
 
 def test_session_rollover_writes_the_ended_session_first() -> None:

@@ -242,3 +242,30 @@ async def test_a_rebalance_waits_for_the_runs_handed_over_before_it_gives_the_pa
     await revoking
     assert [e.type for e in log.events() if e.causation_id == request.event_id] == [
         "conversation.message.routed", "conversation.reply.requested"]
+
+
+async def test_an_unlogged_routing_request_runs_from_the_fold_and_holds_its_inbound_record_until_it_has_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(SETTINGS)
+    log = RecordingLog(SETTINGS)
+    monkeypatch.setitem(streaming._logs, id(app), log)
+    runner = streaming.register_domain(app, SETTINGS, dataclasses.replace(
+        DOMAIN, effects=lambda _settings: ExplodingEffects()))  # the real folder: routing requests unlogged
+    assert runner is not None
+    inbound_message = message("5", "w11")
+    (event,) = events = [_Event(record) for record in records([inbound_message])]
+
+    class Stream:
+        async def take_events(self, max_: int, within: float) -> AsyncIterator[list[_Event]]:
+            yield events
+
+    await app.agents["conversations.fold"].fun(Stream())
+    event.message.ack(None)  # the fold agent's ack
+    assert [e.type for e in log.events()] == ["conversation.session.started"]  # no request on the log
+    assert event.message.acks == 0  # the inbound record stays uncommittable until its request has run
+    await runner.run_next()
+    assert event.message.acks == 1
+    # Its outcomes carry the ids a run of it derives and name the inbound message, which is on the log, as cause.
+    request = routing_request(inbound_message)
+    assert [(e.type, e.event_id, e.causation_id) for e in log.events()[1:]] == [
+        (e.type, e.event_id, inbound_message.event_id) for e in answers(request, "info", True)[:2]]
