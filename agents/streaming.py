@@ -379,9 +379,11 @@ class EffectRunner:
     agent, which hands over the effect requests among a batch's records and those its fold emitted onto the topic.
 
     An emitted request runs as soon as the broker has it, not once it is read back: its copy read later from the log
-    is then only released. A request's message keeps one reference until its effect has run, so its offset is
-    committed only then: a crash redelivers every request not yet run (to the fold agent, which hands it over
-    again). A rebalance waits for every request handed over before it gives partitions away.
+    is then only released. A request the fold made without logging it (Folder.unlogged) runs as handed over, and its
+    outcomes name the record it was made from as their cause. A request's message (for an unlogged one, that
+    record's) keeps one reference until its effect has run, so its offset is committed only then: a crash
+    redelivers every request not yet run (to the fold agent, which hands it over again). A rebalance waits for
+    every request handed over before it gives partitions away.
     """
 
     def __init__(self, app: faust.App, settings: Settings, domain: Domain, topic: faust.TopicT, log: WorkerLog,

@@ -11,7 +11,7 @@ Prints three JSON lines and exits:
   {"phase": "preloaded", ...}  records folded from the end of the first batch until N were folded
                                (the pre-loaded records sit first on every partition)
   {"phase": "all", ...}        everything the fold consumed: the pre-loaded records plus what the fold and
-                               the effects emitted (session.started, routing.requested, message.answered)
+                               the effects logged (session.started, message.answered)
 Each carries the batch count, mean batch size and the time spent inside fold_batch (pure fold + decode).
 """
 

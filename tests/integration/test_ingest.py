@@ -440,5 +440,5 @@ async def test_broker_failure_part_way_is_503_and_the_retry_applies_each_event_o
         mine = [body["events"][i]["payload"]["whatsapp_message_id"] for i in range(4) if i % 2 == contacts.index(contact)]
         assert (state.messages_received, state.duplicates_dropped) == (2, 1)
         assert [t.whatsapp_message_id for t in state.dialogue] == mine
-    requested = [e for e in result.emitted if e.type == "conversation.routing.requested"]
+    requested = [e for _, e in result.requests if e.type == "conversation.routing.requested"]
     assert sorted(str(e.payload.message_event_id) for e in requested) == sorted(ids)
