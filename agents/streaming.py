@@ -447,15 +447,20 @@ class EffectRunner:
             await self._batches.put(list(requests.values()))
 
     async def run_next(self) -> None:
-        """Run the next handed-over batch, then release its messages for commit."""
-        batch = await self._batches.get()
+        """Run the next handed-over batch, with every other one waiting behind it (one ledger write and one send of
+        outcomes for all), then release their messages for commit."""
+        batches = [await self._batches.get()]
+        while not self._batches.empty():
+            batches.append(self._batches.get_nowait())
+        batch = [request for handed in batches for request in handed]
         try:
             await self.run([(record, envelope) for record, envelope, _, runs in batch if runs])
             for _, _, message, _ in batch:
                 if message is not None and message.ack(self.app.consumer):
                     self.app.sensors.on_message_out(message.tp, message.offset, message)
         finally:
-            self._batches.task_done()
+            for _ in batches:
+                self._batches.task_done()
 
     async def _timed(self, envelope: Envelope) -> list[Envelope]:
         with metrics.EFFECT_SECONDS.labels(self.domain.name, envelope.type).time():
