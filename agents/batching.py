@@ -136,16 +136,17 @@ class Folder(Generic[S]):
         return msgspec.structs.replace(new_state, applied_event_ids=applied), emitted
 
     def pending_after(self, state: S | None, envelope: Envelope, offset: int,
-                      emitted: list[Envelope]) -> list[PendingRequest]:
+                      made: list[Envelope]) -> list[PendingRequest]:
         """The pending requests of a state once `envelope` (at `offset`) is folded into it: less those it is an
         outcome of, plus the unlogged requests its fold made."""
         pending: list[PendingRequest] = [] if state is None else state.pending_requests  # type: ignore[attr-defined]
         if envelope.causation_id is not None and pending:
             cause = str(envelope.causation_id)
             pending = [p for p in pending if p.cause != cause]
-        made = [PendingRequest(offset, str(envelope.event_id), encode(e)) for e in emitted
-                if e.type in self.unlogged and e.stream_id == envelope.stream_id]
-        return [*pending, *made][-PENDING_REQUESTS_KEPT:] if made else pending
+        if not made:
+            return pending
+        made_from = str(envelope.event_id)
+        return [*pending, *(PendingRequest(offset, made_from, encode(e)) for e in made)][-PENDING_REQUESTS_KEPT:]
 
 
 def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folder: Folder[S],
@@ -190,16 +191,15 @@ def fold_batch(records: Sequence[Record], load: Callable[[str], S | None], folde
             # The changelog must hold every state an event ends (a conversation's session): write it before it is
             # replaced.
             result.writes.append((key, state))
+        made: list[Envelope] = []  # the unlogged requests among the emitted events
+        for event in emitted:
+            (made if event.type in folder.unlogged and event.stream_id == key else result.emitted).append(event)
         if new_state is not None:
-            pending = folder.pending_after(state, envelope, record.offset, emitted)
+            pending = folder.pending_after(state, envelope, record.offset, made)
             new_state = msgspec.structs.replace(new_state, log_offset=record.offset, pending_requests=pending)
         states[key] = new_state
         changed.add(key)
-        for event in emitted:
-            if event.type in folder.unlogged and event.stream_id == key:
-                result.requests.append((record, event))
-            else:
-                result.emitted.append(event)
+        result.requests.extend((record, request) for request in made)
     result.writes.extend((key, state) for key, state in states.items() if key in changed and state is not None)
     return result
 
