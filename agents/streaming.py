@@ -453,8 +453,14 @@ class EffectRunner:
         while not self._batches.empty():
             batches.append(self._batches.get_nowait())
         batch = [request for handed in batches for request in handed]
+        # A request handed over twice before it runs (re-handed from its state after a rebalance redelivered its
+        # record while the first copy waited here) runs once: the ledger knows only the runs before this one.
+        runs: dict[uuid.UUID, tuple[Record, Envelope]] = {}
+        for record, envelope, _, runnable in batch:
+            if runnable:
+                runs.setdefault(envelope.event_id, (record, envelope))
         try:
-            await self.run([(record, envelope) for record, envelope, _, runs in batch if runs])
+            await self.run(list(runs.values()))
             for _, _, message, _ in batch:
                 if message is not None and message.ack(self.app.consumer):
                     self.app.sensors.on_message_out(message.tp, message.offset, message)

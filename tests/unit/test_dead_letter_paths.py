@@ -269,3 +269,44 @@ async def test_an_unlogged_routing_request_runs_from_the_fold_and_holds_its_inbo
     request = routing_request(inbound_message)
     assert [(e.type, e.event_id, e.causation_id) for e in log.events()[1:]] == [
         (e.type, e.event_id, inbound_message.event_id) for e in answers(request, "info", True)[:2]]
+
+
+class CountingSends:
+    """A non-repeatable effect (like a WhatsApp send) that counts its runs."""
+
+    effect_types = frozenset({"conversation.routing.requested"})
+    not_repeatable = effect_types
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, envelope: Envelope) -> list[Envelope]:
+        self.runs += 1
+        return answers(envelope, "info", True)[:2]
+
+    def unknown_outcome(self, envelope: Envelope) -> list[Envelope]:
+        raise AssertionError("a request handed over twice is no interrupted run")
+
+
+async def test_a_request_handed_over_again_before_its_first_copy_ran_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(SETTINGS)
+    log = RecordingLog(SETTINGS)
+    monkeypatch.setitem(streaming._logs, id(app), log)
+    sends = CountingSends()
+    runner = streaming.register_domain(app, SETTINGS, dataclasses.replace(DOMAIN, effects=lambda _settings: sends))
+    assert runner is not None
+    inbound_message = message("6", "w12")
+    request = routing_request(inbound_message)
+    (record,) = records([inbound_message])
+    # The fold hands the unlogged request over; a rebalance redelivers its record before the request ran, and the
+    # fold hands it over again from the state that keeps it.
+    first, again = _Message(record), _Message(record)
+    await runner.hand_over([(record, first)], unlogged=[(record, request)])
+    await runner.hand_over([(record, again)], unlogged=[(record, request)])
+    first.ack(None), again.ack(None)  # the fold agent's acks
+    await runner.run_next()
+    assert sends.runs == 1
+    assert (first.acks, again.acks) == (1, 1)
+    assert [(e.type, e.causation_id) for e in log.events()] == [
+        ("conversation.message.routed", inbound_message.event_id),
+        ("conversation.reply.requested", inbound_message.event_id)]
