@@ -27,6 +27,10 @@ from streams.topics import key_partition, misplaced
 
 log_ = logging.getLogger(__name__)
 _logs: dict[int, WorkerLog] = {}  # one per app, shared by its agents
+# The worker log's batch size (aiokafka's default is 16 KiB), under the broker's 1 MiB message limit. aiokafka holds
+# one batch per partition until it is sent, so every further batch of a partition costs one more request in turn:
+# with states of a few KiB, a flush of a thousand states went out as hundreds of one-partition produce requests.
+BATCH_BYTES = 1_000_000
 
 
 class WorkerLog:
@@ -78,7 +82,8 @@ class WorkerLog:
                 # lingers 5 ms on Apache Kafka to group what concurrent requests send).
                 producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
                                             client_id=f"{self.settings.app_id}-worker-log",
-                                            **{**producer_options(self.settings), "linger_ms": 0})
+                                            **{**producer_options(self.settings), "linger_ms": 0,
+                                               "max_batch_size": BATCH_BYTES})
                 await producer.start()
                 self._producer = producer
         return self._producer

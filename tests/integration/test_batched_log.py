@@ -8,13 +8,14 @@ import json
 import signal
 import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from agents.streaming import WorkerLog
+from agents.streaming import BATCH_BYTES, WorkerLog
 from streams.app import create_app, raw_table
 from streams.embedded import child_env
 from streams.publisher import Publisher, producer_options
@@ -62,8 +63,11 @@ async def test_log_end_offsets_count_every_record_of_multi_record_batches(settin
 async def test_the_worker_log_says_where_each_record_of_its_batches_was_stored(settings: Settings) -> None:
     await ensure_topics(settings)
     topic = settings.topic("conversations")
-    # More than one batch per partition (a batch holds 16 KiB), keys on every partition, and keyless records.
-    sent = [(f"conversation:acme:{i % 40}".encode(), b"%04d" % i + b"." * 300) for i in range(400)]
+    # More than one batch per partition, keys on every partition, and keyless records.
+    size = BATCH_BYTES // 25
+    sent = [(f"conversation:acme:{i % 40}".encode(), b"%04d" % i + b"." * size) for i in range(200)]
+    per_partition = Counter(key_partition(key, settings.topic_partitions) for key, _ in sent)
+    assert len(per_partition) == settings.topic_partitions and min(per_partition.values()) * size > BATCH_BYTES
     sent += [(None, b"keyless %d" % i) for i in range(10)]
     log = WorkerLog(settings)
     try:
