@@ -36,9 +36,13 @@ STAGE = "projector"
 MAX_REASON_CHARS = 1000
 # Tables derived from the archive (context search) are filled for this many archived events at once, or for what
 # was archived this long ago: a statement over hundreds of events costs PostgreSQL about half as much per event as
-# one per small batch. A stop in between leaves them to the derivation at start.
+# one per small batch. A stop in between leaves them to the derivation at start. The derivation runs on a
+# connection of its own beside the projection (one at a time; the projection waits for it only when this many
+# events wait behind it): a derivation that flushes a GIN index's pending list took 300 ms, which had held back
+# every read model that long.
 DERIVE_EVENTS = 1000
 DERIVE_AFTER_S = 0.5
+DERIVE_BACKLOG = 20 * DERIVE_EVENTS
 
 log = logging.getLogger(__name__)
 # What the projector wrote: with baton_projector_batch_seconds, its own rate (the bench prints it per run).
@@ -125,7 +129,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event | None = None, o
     await ensure_topics(settings)
     changelogs = state_changelogs(settings)
     derived = derived_models(settings)
-    async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+    async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn, \
+            await AsyncConnection.connect(settings.database_url, autocommit=True) as derive_conn:
         await apply_migrations(conn, sources=migration_sources(settings))
         await derive(conn, derived, None)  # whatever a stop between a batch and its derivation left out
         stored = await load_offsets(conn)
@@ -152,15 +157,18 @@ async def run_projector(settings: Settings, stop: asyncio.Event | None = None, o
             heartbeat = Heartbeat("projector")
             underived: list = []
             oldest_underived = 0.0
+            deriving: asyncio.Task | None = None
             while not stop.is_set():
                 batch = await consumer.getmany(
                     timeout_ms=int(settings.projector_batch_within_s * 1000), max_records=settings.projector_batch_max
                 )
                 heartbeat.beat()
-                if underived and (len(underived) >= DERIVE_EVENTS
-                                  or time.monotonic() - oldest_underived >= DERIVE_AFTER_S):
-                    # In a transaction of its own: archiving an event pays nothing for the tables derived from it.
-                    await derive(conn, derived, underived)
+                if deriving is not None and (deriving.done() or len(underived) >= DERIVE_BACKLOG):
+                    await deriving  # raises what failed it
+                    deriving = None
+                if deriving is None and underived and (len(underived) >= DERIVE_EVENTS
+                                                       or time.monotonic() - oldest_underived >= DERIVE_AFTER_S):
+                    deriving = asyncio.create_task(derive(derive_conn, derived, underived))
                     underived = []
                 if not batch:
                     continue
@@ -176,8 +184,14 @@ async def run_projector(settings: Settings, stop: asyncio.Event | None = None, o
                                               for tp in batch if (hw := consumer.highwater(tp)) is not None})
                 if on_batch is not None and inspect.isawaitable(result := on_batch(report)):
                     await result
+            if deriving is not None:
+                await deriving
+                deriving = None
             await derive(conn, derived, underived)
         finally:
+            if deriving is not None:
+                deriving.cancel()
+                await asyncio.gather(deriving, return_exceptions=True)
             await consumer.stop()
             await producer.stop()
 
