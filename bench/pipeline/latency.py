@@ -100,7 +100,7 @@ def make_deliveries(settings: Settings, per_s: int, seconds: float, contacts: in
 
 
 class OpenLoop:
-    """One open-loop run in flight: the free POST clients, the deliveries answered so far, the probes' counts."""
+    """One open-loop run in flight: its HTTP session, the deliveries answered so far, the probes' counts."""
 
     def __init__(self, deliveries: list[Delivery], http: aiohttp.ClientSession, max_inflight: int, token: str,
                  conn: psycopg.AsyncConnection, hard_stop: float, get_budget: int) -> None:
