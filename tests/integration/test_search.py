@@ -56,11 +56,15 @@ def overridden(tenant: str, task: str, reason: str, at: datetime) -> Envelope:
                                                           actor="lead", reason=reason))
 
 
+def on_workflow_topic(settings: Settings, log: list[Envelope]) -> list:
+    return [(settings.topic("workflow"), e.stream_id.encode(), encode(e)) for e in log]
+
+
 @asynccontextmanager
 async def searched(settings: Settings, log: list[Envelope]) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
     """`log` on the workflow topic, projected (archive and search index), and API clients for acme and globex."""
     await ensure_topics(settings)
-    produced = [(settings.topic("workflow"), e.stream_id.encode(), encode(e)) for e in log]
+    produced = on_workflow_topic(settings, log)
     await produce(settings, produced)
     async with Projector(settings):
         await eventually_async(lambda: caught_up(settings, produced), "projection")
@@ -257,18 +261,16 @@ async def test_a_held_up_search_index_holds_back_no_projection(settings: Setting
     warm_up, first, second = ([updated("acme", f"HLD-{n}", text, at)] for n, text in
                               enumerate(("warm up", "zebra one", "falcon two")))
 
-    def on_topic(log: list[Envelope]) -> list:
-        return [(settings.topic("workflow"), e.stream_id.encode(), encode(e)) for e in log]
-
     async with await psycopg.AsyncConnection.connect(settings.database_url) as blocker, Projector(settings):
-        await produce(settings, on_topic(warm_up))
+        await produce(settings, on_workflow_topic(settings, warm_up))
         await eventually_async(lambda: _indexed(settings, warm_up[0].event_id), "the projector indexing")
         await blocker.execute("LOCK TABLE workflow_search IN SHARE MODE")  # held until the rollback below
-        await produce(settings, on_topic(first))
+        await produce(settings, on_workflow_topic(settings, first))
         await eventually_async(lambda: _waiting_on_a_lock(settings), "the indexing of the first event held up")
 
-        await produce(settings, on_topic(second))
-        await eventually_async(lambda: caught_up(settings, on_topic(warm_up + first + second)), "both archived")
+        await produce(settings, on_workflow_topic(settings, second))
+        every = on_workflow_topic(settings, warm_up + first + second)
+        await eventually_async(lambda: caught_up(settings, every), "both archived")
         assert await _waiting_on_a_lock(settings) and not await _indexed(settings, first[0].event_id)
 
         await blocker.rollback()
