@@ -1,7 +1,7 @@
 """End-to-end figures on the embedded broker and on local Apache Kafka, in one run, beside the Redis-lock peer.
 
     .venv/bin/python -m bench.pipeline [--brokers embedded,kafka] [--events N] [--rate 500 | --rates 100,500]
-        [--seconds 20] [--workers 1,2] [--latency-workers N] [--peer/--no-peer] [--peer-runs 1]
+        [--seconds 20] [--workers 1,2] [--latency-workers N] [--warm-up-rounds 3] [--peer/--no-peer] [--peer-runs 1]
         [--profile py-spy|cprofile] [--skip ingest,latency,fold,baselines,peer]
 
 Parts 1-4 run once per broker of --brokers (default both), one broker after the other, with the same workload
@@ -11,6 +11,10 @@ with broker_profile "kafka" and env "development" (the dev secrets, as `baton de
 cannot start (no java or mvn, Maven Central unreachable…) one line says the kafka broker was skipped and why,
 and the rest goes on.
 
+0. warm-up: (1)'s load, unmeasured, --warm-up-rounds times (default 3) on a runtime of its own, before anything
+   is measured on a broker. A broker in service compiled its hot paths long ago; the Kafka JVM started here has
+   not, and its JIT compiler threads are over half of its CPU in a first round (each round prints the broker's
+   CPU and its JIT compiler's share; (1)'s notes say the share left in (1)). --warm-up-rounds 0: a cold broker;
 1. ingest → projection: N conversation.message.received events through POST /v1/events (batches of
    500) until sum(messages_received) = N in PostgreSQL, and until sum(replies_sent) = N; once per worker
    count of --workers (default 1), each on a fresh runtime (`Runtime(settings, workers=count)`: its own

@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--fold-events", type=int, default=0, help="pre-loaded records for (3) and (4); default --events")
     parser.add_argument("--workers", default="1",
                         help="comma-separated worker counts: (1) runs once per count on a fresh runtime, e.g. 1,2")
+    parser.add_argument("--warm-up-rounds", type=int, default=3,
+                        help="rounds of (1)'s load on each broker, unmeasured, before (1); 0 for a cold broker")
     parser.add_argument("--rate", type=int, default=500, help="webhook deliveries per second for (2)")
     parser.add_argument("--rates", default="",
                         help="comma-separated rates: (2) runs once per rate, e.g. 100,500; default --rate")
@@ -61,6 +63,8 @@ def main() -> None:
     args.latency_workers = args.latency_workers or args.worker_counts[0]
     if args.latency_workers not in args.worker_counts:
         parser.error(f"--latency-workers {args.latency_workers} is not one of --workers {args.workers}")
+    if args.warm_up_rounds < 0:
+        parser.error("--warm-up-rounds: 0 or more")
     if args.peer_runs < 1:
         parser.error("--peer-runs: at least 1")
     asyncio.run(run(args))

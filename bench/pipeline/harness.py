@@ -101,6 +101,30 @@ def proc_cpu() -> dict[int, tuple[str, int, float]]:
     return found
 
 
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # HotSpot's compiler threads, as /proc names them
+
+
+def jit_cpu(pids: set[int]) -> float:
+    """CPU seconds the JIT compiler threads of these processes have used (0 for a broker without a JIT). A
+    compiler thread HotSpot has since retired no longer counts, so this is a lower bound."""
+    ticks = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            if stat[stat.index("(") + 1:stat.rindex(")")].startswith(JIT_THREADS):
+                fields = stat[stat.rindex(")") + 2:].split()
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK
+
+
 def _machine_busy() -> float:
     """CPU seconds the whole machine has spent not idle since boot."""
     with open("/proc/stat") as fh:
@@ -120,6 +144,7 @@ class CpuMeter:
         self.roles, self.broker, self.postmaster_pid = roles, broker, postmaster_pid
         self.before: dict[int, tuple[str, int, float]] = {}
         self.wall = self.busy = 0.0
+        self.jit = 0.0  # of the broker's CPU, what its JIT compiler used (after stop())
 
     def group(self, pid: int, procs: dict[int, tuple[str, int, float]]) -> str | None:
         comm, ppid, _ = procs[pid]
@@ -146,10 +171,12 @@ class CpuMeter:
 
     def start(self) -> CpuMeter:
         self.before, self.wall, self.busy = proc_cpu(), time.perf_counter(), _machine_busy()
+        self.jit = jit_cpu(self.broker.pids)
         return self
 
     def stop(self) -> tuple[float, dict[str, float]]:
         after, wall, busy = proc_cpu(), time.perf_counter() - self.wall, _machine_busy() - self.busy
+        self.jit = jit_cpu(self.broker.pids) - self.jit
         used: dict[str, float] = defaultdict(float)
         for pid, (comm, _, cpu) in after.items():
             name = self.group(pid, after)

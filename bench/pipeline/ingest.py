@@ -44,8 +44,7 @@ class IngestResult:
 
 
 async def ingest_to_projection(runtime: Runtime, token: str, n: int, contacts: int, run: str,
-                               batch: int = 500, concurrency: int = 4) -> IngestResult:
-    prefix = "3461"
+                               batch: int = 500, concurrency: int = 4, prefix: str = "3461") -> IngestResult:
     start_at = datetime.now(UTC) - timedelta(hours=2)
     bodies = []
     for first in range(0, n, batch):
@@ -137,5 +136,8 @@ async def ingest_step(bench: Bench, runtime: Runtime, token: str, broker: BenchB
         records_after = await log_records(runtime.settings)
     bench.cpu_rows[broker.name][f"1. ingest, {workers_name(count)}"] = cpu
     bench.notes.append(f"1. ({tag}) " + amplification(records_before, records_after, n))
+    if broker.profile == "kafka":
+        bench.notes.append(f"1. ({tag}) the broker's JIT compiler threads used {meter.jit:.2f} s of its "
+                           f"{cpu[1].get(broker.component, 0.0):.2f} s CPU")
     bench.baton_runs.append(BatonRun(broker.name, count, ingest, cpu, records_added(records_before, records_after)))
     console.print(f"[dim]1. ({tag}) done at {time.perf_counter() - bench.t_all:.0f} s[/dim]")

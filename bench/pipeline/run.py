@@ -16,12 +16,13 @@ from bench.pipeline.common import code_version, console, workers_name
 from bench.pipeline.fold import FoldRates, fold_step
 from bench.pipeline.harness import (
     BenchBroker,
+    CpuMeter,
     base_settings,
     fresh_runtime,
     start_broker,
     start_runtime,
 )
-from bench.pipeline.ingest import BatonRun, ingest_step
+from bench.pipeline.ingest import BatonRun, ingest_step, ingest_to_projection
 from bench.pipeline.latency import LatencyResult, latency_step
 from bench.pipeline.peer import PeerResult, peer_step, prepare_peer
 from bench.pipeline.profiles import start_spies, stop_spies
@@ -99,12 +100,35 @@ async def on_broker(bench: Bench, postgres: EmbeddedPostgres, broker_profile: st
     bench.cpu_rows[broker.name] = {}
     try:
         base = base_settings(broker, postgres, bench.run_id, bench.args.partitions, bench.tmp)
+        if bench.args.warm_up_rounds:
+            await warm_up_broker(bench, postgres, base, broker)
         for count in bench.args.worker_counts:
             await on_runtime(bench, postgres, base, broker, count)
         if "fold" not in bench.skip or "baselines" not in bench.skip:
             await fold_step(bench, base, broker, broker_logs)
     finally:
         broker.stop()
+
+
+async def warm_up_broker(bench: Bench, postgres: EmbeddedPostgres, base: Settings, broker: BenchBroker) -> None:
+    """(1)'s load, unmeasured, --warm-up-rounds times on a runtime of its own. A broker in service compiled its hot
+    paths long ago; in a JVM started for this run, the JIT compiler threads are over half of Apache Kafka's CPU
+    in the first round, and a third after the third (each round prints its share, and (1) its own)."""
+    runtime = fresh_runtime(base, postgres, bench.run_id, f"{broker.profile}_warmup", bench.tmp, 1)
+    try:
+        token = await start_runtime(runtime, bench.tmp / f"projector_batches-{broker.profile}_warmup.json", 1,
+                                    f"{broker.name}, warm-up")
+        for round_ in range(1, bench.args.warm_up_rounds + 1):
+            with console.status(f"warming up {broker.name}: round {round_}, {bench.n} unmeasured events…"):
+                meter = CpuMeter({}, broker, bench.postmaster).start()
+                await ingest_to_projection(runtime, token, bench.n, bench.contacts, f"{bench.run_id}warmup{round_}",
+                                           prefix=f"35{round_:02d}")
+                wall, used = meter.stop()
+            console.print(f"[dim]{broker.name} warm-up round {round_}: {bench.n} events in {wall:.1f} s; broker CPU "
+                          f"{used.get(broker.component, 0.0):.2f} s, of which JIT compiler {meter.jit:.2f} s[/dim]",
+                          highlight=False)
+    finally:
+        runtime.stop()
 
 
 async def on_runtime(bench: Bench, postgres: EmbeddedPostgres, base: Settings, broker: BenchBroker,
