@@ -29,6 +29,7 @@ from streams.liveness import Heartbeat
 from streams.publisher import producer_options
 from streams.registry import Domain, domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
+from streams.tansu import read_batches_in_order
 from streams.topics import changelog_topic, ensure_topics, misplaced, topic_partitions
 
 CONSUMER = "projector"
@@ -84,6 +85,7 @@ async def assigned_consumer(settings: Settings, topics: Sequence[str], client_id
                             **options: Any) -> AIOKafkaConsumer:
     """A started consumer without a group, assigned every partition of `topics` (created beforehand); options
     replace AIOKafkaConsumer's."""
+    read_batches_in_order(settings)
     consumer = AIOKafkaConsumer(**{
         "bootstrap_servers": settings.kafka_bootstrap_servers, "group_id": None, "enable_auto_commit": False,
         "auto_offset_reset": "earliest", "client_id": client_id, "fetch_max_wait_ms": settings.fetch_wait_ms,

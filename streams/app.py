@@ -14,6 +14,7 @@ from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
 from streams.settings import Settings
+from streams.tansu import read_batches_in_order
 from streams.topics import changelog_topic, log_end_offsets
 
 
@@ -158,6 +159,7 @@ class BatonApp(faust.App):
 
 def create_app(settings: Settings) -> faust.App:
     """A Faust app configured for the broker profile (DESIGN.md: embedded broker facts)."""
+    read_batches_in_order(settings)
     embedded = {
         "producer_linger": 0.0,
         "producer_acks": 1,
