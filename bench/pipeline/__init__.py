@@ -1,7 +1,8 @@
 """End-to-end figures on the embedded broker and on local Apache Kafka, in one run, beside the Redis-lock peer.
 
     .venv/bin/python -m bench.pipeline [--brokers embedded,kafka] [--events N] [--rate 500 | --rates 100,500]
-        [--seconds 20] [--workers 1,2] [--latency-workers N] [--warm-up-rounds 3] [--peer/--no-peer] [--peer-runs 1]
+        [--seconds 20] [--workers 1,2] [--latency-workers N] [--warm-up-rounds 3] [--conversations-alone]
+        [--peer/--no-peer] [--peer-runs 1]
         [--profile py-spy|cprofile] [--skip ingest,latency,fold,baselines,peer]
 
 Parts 1-4 run once per broker of --brokers (default both), one broker after the other, with the same workload
@@ -18,7 +19,9 @@ and the rest goes on.
 1. ingest → projection: N conversation.message.received events through POST /v1/events (batches of
    500) until sum(messages_received) = N in PostgreSQL, and until sum(replies_sent) = N; once per worker
    count of --workers (default 1), each on a fresh runtime (`Runtime(settings, workers=count)`: its own
-   app id, topic prefix and database, the same broker and PostgreSQL);
+   app id, topic prefix and database, the same broker and PostgreSQL); with --conversations-alone, once more on a
+   runtime that registers the conversations domain alone (policies always is), for the six-domain aim (CPU per
+   answered message of all processes, of the worker and of the projector, six domains against one);
 2. latency: signed WhatsApp webhook deliveries sent open-loop at each rate of --rates (default --rate) for
    --seconds, each timed from its scheduled send time until it is visible: in the read model (one SQL
    probe for every delivery) and through GET /v1/conversations/{contact} (a sample, with a bounded GET

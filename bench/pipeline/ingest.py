@@ -91,6 +91,9 @@ async def ingest_to_projection(runtime: Runtime, token: str, n: int, contacts: i
     return IngestResult(n, contacts, len(bodies), ingest_s, state["visible"], state["replied"],
                         state["received"], state["sent"])
 
+ALONE = "conversations alone"  # a runtime that registers the conversations domain alone (policies always is)
+
+
 @dataclass
 class BatonRun:
     """(1) on one runtime: its broker, worker count, result, CPU per component and log records it added."""
@@ -100,10 +103,11 @@ class BatonRun:
     ingest: IngestResult
     cpu: tuple[float, dict[str, float]]
     records: int
+    alone: bool = False  # the conversations domain alone registered, not all six
 
     @property
     def name(self) -> str:
-        return f"{self.broker}, {workers_name(self.workers)}"
+        return f"{self.broker}, {workers_name(self.workers)}" + (f", {ALONE}" if self.alone else "")
 
 
 async def log_records(settings: Settings) -> dict[str, int]:
@@ -125,7 +129,7 @@ def records_added(before: dict[str, int], after: dict[str, int]) -> int:
 
 
 async def ingest_step(bench: Bench, runtime: Runtime, token: str, broker: BenchBroker, roles: dict[int, str],
-                      count: int, tag: str, key: str) -> None:
+                      count: int, tag: str, key: str, alone: bool = False) -> None:
     """(1) on one runtime; its result, CPU per component and amplification go into bench."""
     n = bench.n
     with console.status(f"1. ingesting {n} events over HTTP ({tag})…"):
@@ -134,10 +138,11 @@ async def ingest_step(bench: Bench, runtime: Runtime, token: str, broker: BenchB
         ingest = await ingest_to_projection(runtime, token, n, bench.contacts, f"{bench.run_id}{key}")
         cpu = meter.stop()
         records_after = await log_records(runtime.settings)
-    bench.cpu_rows[broker.name][f"1. ingest, {workers_name(count)}"] = cpu
+    bench.cpu_rows[broker.name][f"1. ingest, {workers_name(count)}" + (f", {ALONE}" if alone else "")] = cpu
     bench.notes.append(f"1. ({tag}) " + amplification(records_before, records_after, n))
     if broker.profile == "kafka":
         bench.notes.append(f"1. ({tag}) the broker's JIT compiler threads used {meter.jit:.2f} s of its "
                            f"{cpu[1].get(broker.component, 0.0):.2f} s CPU")
-    bench.baton_runs.append(BatonRun(broker.name, count, ingest, cpu, records_added(records_before, records_after)))
+    bench.baton_runs.append(BatonRun(broker.name, count, ingest, cpu, records_added(records_before, records_after),
+                                     alone))
     console.print(f"[dim]1. ({tag}) done at {time.perf_counter() - bench.t_all:.0f} s[/dim]")

@@ -22,7 +22,7 @@ from bench.pipeline.harness import (
     start_broker,
     start_runtime,
 )
-from bench.pipeline.ingest import BatonRun, ingest_step, ingest_to_projection
+from bench.pipeline.ingest import ALONE, BatonRun, ingest_step, ingest_to_projection
 from bench.pipeline.latency import LatencyResult, latency_step
 from bench.pipeline.peer import PeerResult, peer_step, prepare_peer
 from bench.pipeline.profiles import start_spies, stop_spies
@@ -104,6 +104,9 @@ async def on_broker(bench: Bench, postgres: EmbeddedPostgres, broker_profile: st
             await warm_up_broker(bench, postgres, base, broker)
         for count in bench.args.worker_counts:
             await on_runtime(bench, postgres, base, broker, count)
+        if bench.args.conversations_alone and "ingest" not in bench.skip:
+            await on_runtime(bench, postgres, base.model_copy(update={"domains": "conversations"}), broker,
+                             bench.args.latency_workers, alone=True)
         if "fold" not in bench.skip or "baselines" not in bench.skip:
             await fold_step(bench, base, broker, broker_logs)
     finally:
@@ -132,13 +135,16 @@ async def warm_up_broker(bench: Bench, postgres: EmbeddedPostgres, base: Setting
 
 
 async def on_runtime(bench: Bench, postgres: EmbeddedPostgres, base: Settings, broker: BenchBroker,
-                     count: int) -> None:
-    """(1), and (2) when count is --latency-workers, on a fresh runtime with count workers."""
+                     count: int, alone: bool = False) -> None:
+    """(1), and (2) when count is --latency-workers, on a fresh runtime with count workers; (1) alone when the
+    runtime registers the conversations domain alone (`alone`)."""
     do_ingest = "ingest" not in bench.skip
-    do_latency = "latency" not in bench.skip and count == bench.args.latency_workers
+    do_latency = "latency" not in bench.skip and count == bench.args.latency_workers and not alone
     if not (do_ingest or do_latency):
         return
     tag, key = f"{broker.name}, {workers_name(count)}", f"{broker.profile}_w{count}"
+    if alone:
+        tag, key = f"{tag}, {ALONE}", f"{key}_alone"
     runtime = fresh_runtime(base, postgres, bench.run_id, key, bench.tmp, count)
     probe_out = bench.tmp / f"projector_batches-{key}.json"
     try:
@@ -148,7 +154,7 @@ async def on_runtime(bench: Bench, postgres: EmbeddedPostgres, base: Settings, b
         if bench.profile == "py-spy" and do_ingest:
             spies = start_spies(runtime, bench.tmp, key, tag, bench.spy_roles)
         if do_ingest:
-            await ingest_step(bench, runtime, token, broker, roles, count, tag, key)
+            await ingest_step(bench, runtime, token, broker, roles, count, tag, key, alone)
         stop_spies(spies)
         runtime.check_alive()
         if do_latency:
