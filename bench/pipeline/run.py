@@ -116,7 +116,7 @@ async def on_broker(bench: Bench, postgres: EmbeddedPostgres, broker_profile: st
 async def warm_up_broker(bench: Bench, postgres: EmbeddedPostgres, base: Settings, broker: BenchBroker) -> None:
     """(1)'s load, unmeasured, --warm-up-rounds times on a runtime of its own. A broker in service compiled its hot
     paths long ago; in a JVM started for this run, the JIT compiler threads are over half of Apache Kafka's CPU
-    in the first round, and a third after the third (each round prints its share, and (1) its own)."""
+    in the first round, and below half from the third on (each round prints its share, and (1) its own)."""
     runtime = fresh_runtime(base, postgres, bench.run_id, f"{broker.profile}_warmup", bench.tmp, 1)
     try:
         token = await start_runtime(runtime, bench.tmp / f"projector_batches-{broker.profile}_warmup.json", 1,
