@@ -21,7 +21,10 @@ and the rest goes on.
    count of --workers (default 1), each on a fresh runtime (`Runtime(settings, workers=count)`: its own
    app id, topic prefix and database, the same broker and PostgreSQL); with --conversations-alone, once more on a
    runtime that registers the conversations domain alone (policies always is), for the six-domain aim (CPU per
-   answered message of all processes, of the worker and of the projector, six domains against one);
+   answered message of all processes, of the worker and of the projector, six domains against one). It runs last
+   on each broker, after (2): the Kafka JVM's compiler is then near idle (0.02 s of the broker's 0.37 s in one
+   run, against 0.71 of 1.28 s in the six-domain (1)), so on Kafka the comparison favours the conversations-alone
+   run; alternate separate runs with BATON_DOMAINS=conversations to compare on equal terms;
 2. latency: signed WhatsApp webhook deliveries sent open-loop at each rate of --rates (default --rate) for
    --seconds, each timed from its scheduled send time until it is visible: in the read model (one SQL
    probe for every delivery) and through GET /v1/conversations/{contact} (a sample, with a bounded GET
