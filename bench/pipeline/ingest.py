@@ -91,6 +91,7 @@ async def ingest_to_projection(runtime: Runtime, token: str, n: int, contacts: i
     return IngestResult(n, contacts, len(bodies), ingest_s, state["visible"], state["replied"],
                         state["received"], state["sent"])
 
+
 ALONE = "conversations alone"  # a runtime that registers the conversations domain alone (policies always is)
 
 
