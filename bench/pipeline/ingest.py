@@ -107,8 +107,13 @@ class BatonRun:
     alone: bool = False  # the conversations domain alone registered, not all six
 
     @property
+    def setup(self) -> str:
+        """Worker count, and whether the conversations domain alone was registered."""
+        return workers_name(self.workers) + (f", {ALONE}" if self.alone else "")
+
+    @property
     def name(self) -> str:
-        return f"{self.broker}, {workers_name(self.workers)}" + (f", {ALONE}" if self.alone else "")
+        return f"{self.broker}, {self.setup}"
 
 
 async def log_records(settings: Settings) -> dict[str, int]:
@@ -139,11 +144,11 @@ async def ingest_step(bench: Bench, runtime: Runtime, token: str, broker: BenchB
         ingest = await ingest_to_projection(runtime, token, n, bench.contacts, f"{bench.run_id}{key}")
         cpu = meter.stop()
         records_after = await log_records(runtime.settings)
-    bench.cpu_rows[broker.name][f"1. ingest, {workers_name(count)}" + (f", {ALONE}" if alone else "")] = cpu
+    run = BatonRun(broker.name, count, ingest, cpu, records_added(records_before, records_after), alone)
+    bench.cpu_rows[broker.name][f"1. ingest, {run.setup}"] = cpu
     bench.notes.append(f"1. ({tag}) " + amplification(records_before, records_after, n))
     if broker.profile == "kafka":
         bench.notes.append(f"1. ({tag}) the broker's JIT compiler threads used {meter.jit:.2f} s of its "
                            f"{cpu[1].get(broker.component, 0.0):.2f} s CPU")
-    bench.baton_runs.append(BatonRun(broker.name, count, ingest, cpu, records_added(records_before, records_after),
-                                     alone))
+    bench.baton_runs.append(run)
     console.print(f"[dim]1. ({tag}) done at {time.perf_counter() - bench.t_all:.0f} s[/dim]")
