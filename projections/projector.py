@@ -44,6 +44,8 @@ MAX_REASON_CHARS = 1000
 DERIVE_EVENTS = 1000
 DERIVE_AFTER_S = 0.5
 DERIVE_BACKLOG = 20 * DERIVE_EVENTS
+# How the projector's two PostgreSQL sessions name themselves (pg_stat_activity.application_name).
+PROJECTOR_APPLICATION, DERIVE_APPLICATION = "baton projector", "baton projector: derived read models"
 
 log = logging.getLogger(__name__)
 # What the projector wrote: with baton_projector_batch_seconds, its own rate (the bench prints it per run).
@@ -131,8 +133,10 @@ async def run_projector(settings: Settings, stop: asyncio.Event | None = None, o
     await ensure_topics(settings)
     changelogs = state_changelogs(settings)
     derived = derived_models(settings)
-    async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn, \
-            await AsyncConnection.connect(settings.database_url, autocommit=True) as derive_conn:
+    async with await AsyncConnection.connect(settings.database_url, autocommit=True,
+                                             application_name=PROJECTOR_APPLICATION) as conn, \
+            await AsyncConnection.connect(settings.database_url, autocommit=True,
+                                          application_name=DERIVE_APPLICATION) as derive_conn:
         await apply_migrations(conn, sources=migration_sources(settings))
         await derive(conn, derived, None)  # whatever a stop between a batch and its derivation left out
         stored = await load_offsets(conn)

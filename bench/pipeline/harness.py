@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.markup import escape
 
 from agents.tenants import load_tenants
+from projections.projector import DERIVE_APPLICATION
 from bench.pipeline.common import ROOT, TENANT, console
 from streams.auth import issue_token
 from streams.domains.conversations.demo import message_delivery
@@ -132,16 +134,31 @@ def _machine_busy() -> float:
     return (sum(values[:8]) - values[3] - values[4]) / CLK  # minus idle and iowait
 
 
+DERIVED = "postgresql: derived read models"  # the CpuMeter group of the backend the projector derives search on
+
+
+async def derive_backends(database_url: str) -> dict[int, str]:
+    """The PostgreSQL backend of the projector's derivation session (the context search index), by pid: a
+    CpuMeter counts it apart from the rest of PostgreSQL."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                                 " AND datname = current_database()", (DERIVE_APPLICATION,))
+        return {pid: DERIVED for (pid,) in await cur.fetchall()}
+
+
 class CpuMeter:
     """CPU seconds per component of this bench between start() and stop(), and the rest of the machine's.
 
     Only this bench's processes count: its own descendants (children by role), its broker (the Tansu process
     or the Kafka JVM(s), named by broker.component), and its PostgreSQL (the postmaster daemonizes, so it is
-    found by pid with its children). Processes that exit before stop() are not counted.
+    found by pid with its children; a backend in `backends` counts under its own name). Processes that exit
+    before stop() are not counted.
     """
 
-    def __init__(self, roles: dict[int, str], broker: BenchBroker, postmaster_pid: int) -> None:
+    def __init__(self, roles: dict[int, str], broker: BenchBroker, postmaster_pid: int,
+                 backends: dict[int, str] | None = None) -> None:
         self.roles, self.broker, self.postmaster_pid = roles, broker, postmaster_pid
+        self.backends = backends or {}
         self.before: dict[int, tuple[str, int, float]] = {}
         self.wall = self.busy = 0.0
         self.jit = 0.0  # of the broker's CPU, what its JIT compiler used (after stop())
@@ -149,7 +166,7 @@ class CpuMeter:
     def group(self, pid: int, procs: dict[int, tuple[str, int, float]]) -> str | None:
         comm, ppid, _ = procs[pid]
         if pid == self.postmaster_pid or ppid == self.postmaster_pid:
-            return "postgresql"
+            return self.backends.get(pid, "postgresql")
         ancestors, cursor = [], pid
         while cursor in procs and cursor not in (0, 1):
             ancestors.append(cursor)

@@ -14,7 +14,7 @@ import psycopg
 from aiokafka import TopicPartition
 
 from bench.pipeline.common import TENANT, TEXTS, console, workers_name
-from bench.pipeline.harness import BenchBroker, CpuMeter
+from bench.pipeline.harness import BenchBroker, CpuMeter, derive_backends
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.topics import changelog_topic, log_end_offsets
@@ -140,7 +140,8 @@ async def ingest_step(bench: Bench, runtime: Runtime, token: str, broker: BenchB
     n = bench.n
     with console.status(f"1. ingesting {n} events over HTTP ({tag})…"):
         records_before = await log_records(runtime.settings)
-        meter = CpuMeter(roles, broker, bench.postmaster).start()
+        meter = CpuMeter(roles, broker, bench.postmaster,
+                         await derive_backends(runtime.settings.database_url)).start()
         ingest = await ingest_to_projection(runtime, token, n, bench.contacts, f"{bench.run_id}{key}")
         cpu = meter.stop()
         records_after = await log_records(runtime.settings)

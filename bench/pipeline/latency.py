@@ -14,7 +14,7 @@ import psycopg
 
 from agents.tenants import load_tenants
 from bench.pipeline.common import TENANT, TEXTS, console, workers_name
-from bench.pipeline.harness import BenchBroker, CpuMeter
+from bench.pipeline.harness import BenchBroker, CpuMeter, derive_backends
 from schemas import source_event_id
 from streams.domains.conversations.demo import message_delivery
 from streams.domains.conversations.webhook import sign
@@ -238,7 +238,8 @@ async def latency_step(bench: Bench, runtime: Runtime, token: str, broker: Bench
     for k, per_s in enumerate(args.rate_list):
         with console.status(f"2. open-loop webhooks at {per_s}/s for {args.seconds:.0f} s "
                             f"({tag})…"):
-            meter = CpuMeter(roles, broker, bench.postmaster).start()
+            meter = CpuMeter(roles, broker, bench.postmaster,
+                             await derive_backends(runtime.settings.database_url)).start()
             bench.lats.append(await latency(
                 runtime, token, per_s, args.seconds, args.latency_contacts,
                 f"{bench.run_id}r{per_s}", get_budget=args.get_budget, drain_s=args.drain,

@@ -279,5 +279,7 @@ async def test_a_held_up_search_index_holds_back_no_projection(settings: Setting
 
 
 async def _waiting_on_a_lock(settings: Settings) -> bool:
+    """The projector's session for derived read models, named so for an operator, waits on the search table."""
     return bool(await query(settings, "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                                      " AND application_name = 'baton projector: derived read models'"
                                       " AND wait_event_type = 'Lock' AND query LIKE '%%workflow_search%%'"))
