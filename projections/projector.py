@@ -29,8 +29,7 @@ from streams.liveness import Heartbeat
 from streams.publisher import producer_options
 from streams.registry import Domain, domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
-from streams.tansu import read_batches_in_order
-from streams.topics import changelog_topic, ensure_topics, misplaced, topic_partitions
+from streams.topics import changelog_topic, ensure_topics, log_consumer, misplaced, topic_partitions
 
 CONSUMER = "projector"
 STAGE = "projector"
@@ -87,12 +86,8 @@ async def assigned_consumer(settings: Settings, topics: Sequence[str], client_id
                             **options: Any) -> AIOKafkaConsumer:
     """A started consumer without a group, assigned every partition of `topics` (created beforehand); options
     replace AIOKafkaConsumer's."""
-    read_batches_in_order(settings)
-    consumer = AIOKafkaConsumer(**{
-        "bootstrap_servers": settings.kafka_bootstrap_servers, "group_id": None, "enable_auto_commit": False,
-        "auto_offset_reset": "earliest", "client_id": client_id, "fetch_max_wait_ms": settings.fetch_wait_ms,
-        **options,
-    })
+    consumer = log_consumer(settings, client_id, **{"auto_offset_reset": "earliest",
+                                                   "fetch_max_wait_ms": settings.fetch_wait_ms, **options})
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topics)

@@ -8,12 +8,11 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from streams.errors import StreamsError
 from streams.settings import Settings
-from streams.tansu import read_batches_in_order
-from streams.topics import log_end_offsets, topic_partitions
+from streams.topics import log_consumer, log_end_offsets, topic_partitions
 
 Encoding = Literal["utf-8", "base64"]
 
@@ -97,11 +96,7 @@ async def list_dead_letters(settings: Settings, limit: int = 50, *, tenant_id: s
     """The newest `limit` dead letters (of `tenant_id` only, when given), oldest first, among the newest `scan`
     (default: `limit`) records of each partition, read up to the current end."""
     scan = max(scan or limit, limit)
-    read_batches_in_order(settings)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-        enable_auto_commit=False, client_id=f"{settings.app_id}-deadletters",
-    )
+    consumer = log_consumer(settings, f"{settings.app_id}-deadletters")
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, [settings.deadletter_topic])

@@ -23,8 +23,7 @@ from schemas import DecodeError, Envelope, decode, new_event
 from schemas.policies import DEFAULT_SCOPE, PolicyAdopted, Sections, content_hash
 from streams.errors import StreamsError
 from streams.settings import Settings
-from streams.tansu import read_batches_in_order
-from streams.topics import log_end_offsets, topic_partitions
+from streams.topics import log_consumer, log_end_offsets, topic_partitions
 
 log = logging.getLogger(__name__)
 POLICY_DOMAIN = "policies"
@@ -114,10 +113,7 @@ class PolicyReader:
             return self.book
 
     async def _started_consumer(self, name: str) -> AIOKafkaConsumer:
-        read_batches_in_order(self.settings)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    client_id=f"{self.settings.app_id}-{name}")
+        consumer = log_consumer(self.settings, f"{self.settings.app_id}-{name}", auto_offset_reset="earliest")
         await consumer.start()
         return consumer
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from aiokafka import AIOKafkaConsumer
 
 from projections.projector import CONSUMER as PROJECTOR_CONSUMER
 from projections.projector import load_offsets
 from streams.registry import load_domains
 from streams.settings import Settings
-from streams.topics import log_end_offsets, topic_partitions
+from streams.topics import log_consumer, log_end_offsets, topic_partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +66,7 @@ async def collect_status(settings: Settings, *, api_detail: str | None = None) -
     """One reading of the whole system; api_detail: the API asks, so it is up (role_health)."""
     status = Status(roles=await role_health(settings, api_detail=api_detail))
     domains = load_domains(settings)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.app_id,
-                                enable_auto_commit=False, client_id=f"{settings.app_id}-status")
+    consumer = log_consumer(settings, f"{settings.app_id}-status", group_id=settings.app_id)
     await consumer.start()
     try:
         topics = {d.name: settings.topic(d.name) for d in domains}

@@ -15,6 +15,7 @@ from aiokafka.partitioner import murmur2
 
 from streams.registry import load_domains
 from streams.settings import Settings
+from streams.tansu import read_batches_in_order
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -110,6 +111,15 @@ def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
     return [(err[0], err[1], err[2] if len(err) > 2 else None) for err in response.topic_errors]  # type: ignore[attr-defined]
 
 
+def log_consumer(settings: Settings, client_id: str, **options: Any) -> AIOKafkaConsumer:
+    """A consumer of Baton's log, not started: without a group and without auto-commit unless options say otherwise.
+    Every reader Baton builds outside the Faust app comes from here, so on the embedded profile its fetches wait
+    for a gap in offsets to fill (streams.tansu)."""
+    read_batches_in_order(settings)
+    return AIOKafkaConsumer(**{"bootstrap_servers": settings.kafka_bootstrap_servers, "group_id": None,
+                               "enable_auto_commit": False, "client_id": client_id, **options})
+
+
 async def topic_partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
     """Every partition of `topics` (none for a topic that does not exist), from fresh cluster metadata.
 
@@ -137,8 +147,7 @@ async def log_end_offsets(settings: Settings, tps: Sequence[TopicPartition], wai
             return await _probed_ends(consumer, tps, wait_s)
         finally:
             consumer.unsubscribe()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, client_id=f"{settings.app_id}-log-end")
+    consumer = log_consumer(settings, f"{settings.app_id}-log-end")
     await consumer.start()
     try:
         return await _probed_ends(consumer, tps, wait_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import grimp
 import pytest
@@ -73,3 +74,12 @@ def test_no_package_imports_form_a_cycle(graph: grimp.ImportGraph) -> None:
               and graph.direct_import_exists(importer=a, imported=b, as_packages=True)
               and graph.direct_import_exists(importer=b, imported=a, as_packages=True)]
     assert cycles == []
+
+
+def test_every_reader_of_the_log_outside_the_faust_app_is_built_by_log_consumer() -> None:
+    """streams.topics.log_consumer is where a reader gets what every reader needs (on the embedded profile, fetches
+    that wait for a gap in offsets); a consumer built anywhere else in Baton would miss it."""
+    root = Path(__file__).resolve().parents[2]
+    builders = sorted(str(path.relative_to(root)) for top in ("schemas", "agents", "projections", "streams")
+                      for path in (root / top).rglob("*.py") if "AIOKafkaConsumer(" in path.read_text())
+    assert builders == ["streams/topics.py"]
