@@ -19,12 +19,12 @@ and the rest goes on.
 1. ingest → projection: N conversation.message.received events through POST /v1/events (batches of
    500) until sum(messages_received) = N in PostgreSQL, and until sum(replies_sent) = N; once per worker
    count of --workers (default 1), each on a fresh runtime (`Runtime(settings, workers=count)`: its own
-   app id, topic prefix and database, the same broker and PostgreSQL); with --conversations-alone, once more on a
-   runtime that registers the conversations domain alone (policies always is), for the six-domain aim (CPU per
-   answered message of all processes, of the worker and of the projector, six domains against one). It runs last
-   on each broker, after (2): the Kafka JVM's compiler is then near idle (0.02 s of the broker's 0.37 s in one
-   run, against 0.71 of 1.28 s in the six-domain (1)), so on Kafka the comparison favours the conversations-alone
-   run; alternate separate runs with BATON_DOMAINS=conversations to compare on equal terms;
+   app id, topic prefix and database, the same broker and PostgreSQL); with --conversations-alone, three more
+   times on each broker after (2), for the six-domain aim: on a runtime that registers the conversations domain
+   alone (policies always is), on one with all six, and alone again. The broker warms as the bench goes on (the
+   Kafka JVM's compiler was at 0.02 s of the broker's 0.37 s after (2), against 0.71 of 1.28 s in (1)), so the
+   six-domain run is compared with the mean of the two around it: CPU per answered message of every process but
+   the search index's PostgreSQL session (the aim), of the worker, of the projector and of every process;
 2. latency: signed WhatsApp webhook deliveries sent open-loop at each rate of --rates (default --rate) for
    --seconds, each timed from its scheduled send time until it is visible: in the read model (one SQL
    probe for every delivery) and through GET /v1/conversations/{contact} (a sample, with a bounded GET

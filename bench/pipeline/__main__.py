@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("--warm-up-rounds", type=int, default=3,
                         help="rounds of (1)'s load on each broker, unmeasured, before (1); 0 for a cold broker")
     parser.add_argument("--conversations-alone", action="store_true",
-                        help="(1) once more per broker on a runtime with the conversations domain alone registered, "
-                             "for the six-domain aim")
+                        help="(1) three more times per broker for the six-domain aim: conversations domain alone, "
+                             "six domains, alone again")
     parser.add_argument("--rate", type=int, default=500, help="webhook deliveries per second for (2)")
     parser.add_argument("--rates", default="",
                         help="comma-separated rates: (2) runs once per rate, e.g. 100,500; default --rate")

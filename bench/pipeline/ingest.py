@@ -105,6 +105,7 @@ class BatonRun:
     cpu: tuple[float, dict[str, float]]
     records: int
     alone: bool = False  # the conversations domain alone registered, not all six
+    jit: float = 0.0  # of the broker's CPU, what its JIT compiler threads used
 
     @property
     def setup(self) -> str:
@@ -135,8 +136,9 @@ def records_added(before: dict[str, int], after: dict[str, int]) -> int:
 
 
 async def ingest_step(bench: Bench, runtime: Runtime, token: str, broker: BenchBroker, roles: dict[int, str],
-                      count: int, tag: str, key: str, alone: bool = False) -> None:
-    """(1) on one runtime; its result, CPU per component and amplification go into bench."""
+                      count: int, tag: str, key: str, alone: bool = False, comparison: bool = False) -> None:
+    """(1) on one runtime; its result, CPU per component and amplification go into bench (a run of the six-domain
+    comparison into bench.six_domain_runs alone)."""
     n = bench.n
     with console.status(f"1. ingesting {n} events over HTTP ({tag})…"):
         records_before = await log_records(runtime.settings)
@@ -145,11 +147,14 @@ async def ingest_step(bench: Bench, runtime: Runtime, token: str, broker: BenchB
         ingest = await ingest_to_projection(runtime, token, n, bench.contacts, f"{bench.run_id}{key}")
         cpu = meter.stop()
         records_after = await log_records(runtime.settings)
-    run = BatonRun(broker.name, count, ingest, cpu, records_added(records_before, records_after), alone)
+    run = BatonRun(broker.name, count, ingest, cpu, records_added(records_before, records_after), alone, meter.jit)
+    console.print(f"[dim]1. ({tag}) done at {time.perf_counter() - bench.t_all:.0f} s[/dim]")
+    if comparison:
+        bench.six_domain_runs.append(run)
+        return
     bench.cpu_rows[broker.name][f"1. ingest, {run.setup}"] = cpu
     bench.notes.append(f"1. ({tag}) " + amplification(records_before, records_after, n))
     if broker.profile == "kafka":
         bench.notes.append(f"1. ({tag}) the broker's JIT compiler threads used {meter.jit:.2f} s of its "
                            f"{cpu[1].get(broker.component, 0.0):.2f} s CPU")
     bench.baton_runs.append(run)
-    console.print(f"[dim]1. ({tag}) done at {time.perf_counter() - bench.t_all:.0f} s[/dim]")

@@ -50,6 +50,7 @@ class Bench:
     cpu_rows: dict[str, dict[str, tuple[float, dict[str, float]]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     baton_runs: list[BatonRun] = field(default_factory=list)
+    six_domain_runs: list[BatonRun] = field(default_factory=list)  # --conversations-alone: per broker, A-B-A
     lats: list[LatencyResult] = field(default_factory=list)
     projector_batches: dict[str, list[list[float]]] = field(default_factory=dict)
     spy_roles: list[tuple[str, Path]] = field(default_factory=list)
@@ -105,8 +106,7 @@ async def on_broker(bench: Bench, postgres: EmbeddedPostgres, broker_profile: st
         for count in bench.args.worker_counts:
             await on_runtime(bench, postgres, base, broker, count)
         if bench.args.conversations_alone and "ingest" not in bench.skip:
-            await on_runtime(bench, postgres, base.model_copy(update={"domains": "conversations"}), broker,
-                             bench.args.latency_workers, alone=True)
+            await six_domain_step(bench, postgres, base, broker)
         if "fold" not in bench.skip or "baselines" not in bench.skip:
             await fold_step(bench, base, broker, broker_logs)
     finally:
@@ -134,17 +134,30 @@ async def warm_up_broker(bench: Bench, postgres: EmbeddedPostgres, base: Setting
         runtime.stop()
 
 
+async def six_domain_step(bench: Bench, postgres: EmbeddedPostgres, base: Settings, broker: BenchBroker) -> None:
+    """(1) three more times, each on a fresh runtime: conversations alone, six domains, conversations alone. The
+    broker warms as the bench goes on (the Kafka JVM's JIT compiler most of all: a run after (2) found it at 0.02 s
+    of the broker's 0.37 s, against 0.71 of 1.28 s in (1)), so the six-domain run is compared with the mean of the
+    two around it, and a steady warming favours neither side."""
+    alone = base.model_copy(update={"domains": "conversations"})
+    for position, settings in enumerate((alone, base, alone), start=1):
+        await on_runtime(bench, postgres, settings, broker, bench.args.latency_workers, comparison=position)
+
+
 async def on_runtime(bench: Bench, postgres: EmbeddedPostgres, base: Settings, broker: BenchBroker,
-                     count: int, alone: bool = False) -> None:
-    """(1), and (2) when count is --latency-workers, on a fresh runtime with count workers; (1) alone when the
-    runtime registers the conversations domain alone (`alone`)."""
+                     count: int, comparison: int = 0) -> None:
+    """(1), and (2) when count is --latency-workers, on a fresh runtime with count workers; (1) alone for the run
+    at `comparison` (1-3) of the six-domain comparison."""
+    alone = base.domains == "conversations"
     do_ingest = "ingest" not in bench.skip
-    do_latency = "latency" not in bench.skip and count == bench.args.latency_workers and not alone
+    do_latency = "latency" not in bench.skip and count == bench.args.latency_workers and not comparison
     if not (do_ingest or do_latency):
         return
     tag, key = f"{broker.name}, {workers_name(count)}", f"{broker.profile}_w{count}"
     if alone:
         tag, key = f"{tag}, {ALONE}", f"{key}_alone"
+    if comparison:
+        tag, key = f"{tag} ({comparison} of 3 compared)", f"{key}_c{comparison}"
     runtime = fresh_runtime(base, postgres, bench.run_id, key, bench.tmp, count)
     probe_out = bench.tmp / f"projector_batches-{key}.json"
     try:
@@ -154,7 +167,7 @@ async def on_runtime(bench: Bench, postgres: EmbeddedPostgres, base: Settings, b
         if bench.profile == "py-spy" and do_ingest:
             spies = start_spies(runtime, bench.tmp, key, tag, bench.spy_roles)
         if do_ingest:
-            await ingest_step(bench, runtime, token, broker, roles, count, tag, key, alone)
+            await ingest_step(bench, runtime, token, broker, roles, count, tag, key, alone, bool(comparison))
         stop_spies(spies)
         runtime.check_alive()
         if do_latency:
