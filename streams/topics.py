@@ -138,15 +138,16 @@ async def log_end_offsets(settings: Settings, tps: Sequence[TopicPartition], wai
     of the end when that batch holds several records (DESIGN.md); the high watermark of a fetch response is
     exact. So fetch the last listed record and read the watermark the broker sends with it.
 
-    `consumer`, a started consumer without a group, probes instead of a new one and is left without partitions:
-    who asks again and again keeps one, since a new consumer's first ListOffsets on Apache Kafka waits about
-    100 ms for metadata.
+    `consumer`, a started consumer without a group, probes instead of a new one: who asks again and again keeps
+    one, since a new consumer's first ListOffsets on Apache Kafka waits about 100 ms for metadata. It is left
+    assigned to what it probed, paused, so it fetches nothing meanwhile: unassigning it would ask the cluster for
+    the metadata of every topic there (aiokafka tracks none then), each time.
     """
     if consumer is not None:
         try:
             return await _probed_ends(consumer, tps, wait_s)
         finally:
-            consumer.unsubscribe()
+            consumer.pause(*consumer.assignment())
     consumer = log_consumer(settings, f"{settings.app_id}-log-end")
     await consumer.start()
     try:
@@ -161,16 +162,21 @@ async def _probed_ends(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
     probe = [tp for tp in tps if listed[tp] > 0]
     if not probe:
         return listed
-    consumer.assign(probe)
+    if consumer.assignment() != set(probe):
+        consumer.assign(probe)
     for tp in probe:
         consumer.seek(tp, listed[tp] - 1)
+    # A kept consumer still knows the watermark an earlier probe fetched: only a fetch after this seek counts.
+    polled = {tp: consumer.last_poll_timestamp(tp) for tp in probe}
+    consumer.resume(*probe)
     ends = dict(listed)
     pending = set(probe)
     deadline = time.monotonic() + wait_s
     while pending and time.monotonic() < deadline:
         await consumer.getmany(*pending, timeout_ms=200, max_records=1)
         for tp in list(pending):
-            if (highwater := consumer.highwater(tp)) is not None:
+            highwater = consumer.highwater(tp)
+            if highwater is not None and consumer.last_poll_timestamp(tp) != polled[tp]:
                 ends[tp] = max(listed[tp], highwater)
                 pending.discard(tp)
     if pending:

@@ -19,12 +19,13 @@ and the rest goes on.
 1. ingest → projection: N conversation.message.received events through POST /v1/events (batches of
    500) until sum(messages_received) = N in PostgreSQL, and until sum(replies_sent) = N; once per worker
    count of --workers (default 1), each on a fresh runtime (`Runtime(settings, workers=count)`: its own
-   app id, topic prefix and database, the same broker and PostgreSQL); with --conversations-alone, three more
-   times on each broker after (2), for the six-domain aim: on a runtime that registers the conversations domain
-   alone (policies always is), on one with all six, and alone again. The broker warms as the bench goes on (the
-   Kafka JVM's compiler was at 0.02 s of the broker's 0.37 s after (2), against 0.71 of 1.28 s in (1)), so the
-   six-domain run is compared with the mean of the two around it: CPU per answered message of every process but
-   the search index's PostgreSQL session (the aim), of the worker, of the projector and of every process;
+   app id, topic prefix and database, the same broker and PostgreSQL); with --conversations-alone [ROUNDS],
+   2 × ROUNDS + 1 more times on each broker after (2) (default 2 rounds: 5 runs), for the six-domain aim: on
+   runtimes that register the conversations domain alone (policies always is) and all six in turn, alone first
+   and last. The broker warms as the bench goes on (the Kafka JVM's compiler was at 0.02 s of the broker's 0.37 s
+   after (2), against 0.71 of 1.28 s in (1)), so the runs of each kind are spread over the same stretch, and the
+   means of each kind are compared: CPU per answered message of every process but the search index's PostgreSQL
+   session (the aim), of the worker, of the projector and of every process;
 2. latency: signed WhatsApp webhook deliveries sent open-loop at each rate of --rates (default --rate) for
    --seconds, each timed from its scheduled send time until it is visible: in the read model (one SQL
    probe for every delivery) and through GET /v1/conversations/{contact} (a sample, with a bounded GET

@@ -31,9 +31,9 @@ def main() -> None:
                         help="comma-separated worker counts: (1) runs once per count on a fresh runtime, e.g. 1,2")
     parser.add_argument("--warm-up-rounds", type=int, default=3,
                         help="rounds of (1)'s load on each broker, unmeasured, before (1); 0 for a cold broker")
-    parser.add_argument("--conversations-alone", action="store_true",
-                        help="(1) three more times per broker for the six-domain aim: conversations domain alone, "
-                             "six domains, alone again")
+    parser.add_argument("--conversations-alone", type=int, nargs="?", const=2, default=0, metavar="ROUNDS",
+                        help="the six-domain aim: (1) 2 × ROUNDS + 1 more times per broker (default 2 rounds), "
+                             "conversations domain alone and six domains in turn, alone first and last")
     parser.add_argument("--rate", type=int, default=500, help="webhook deliveries per second for (2)")
     parser.add_argument("--rates", default="",
                         help="comma-separated rates: (2) runs once per rate, e.g. 100,500; default --rate")
