@@ -20,8 +20,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.markup import escape
 
 from agents.tenants import load_tenants
-from projections.projector import DERIVE_APPLICATION
 from bench.pipeline.common import ROOT, TENANT, console
+from projections.projector import DERIVE_APPLICATION
 from streams.auth import issue_token
 from streams.domains.conversations.demo import message_delivery
 from streams.domains.conversations.webhook import sign
