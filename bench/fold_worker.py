@@ -30,7 +30,7 @@ from streams.app import create_app
 from streams.registry import load_domains
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from streams.worker import tune_gc
+from streams.worker import tune_gc_after_start
 
 
 class Meter:
@@ -102,7 +102,7 @@ def main() -> None:
         streaming.register_domain(app, settings, domain, on_fold=meter.on_fold)
 
     if os.environ.get("BENCH_GC", "tuned") == "tuned":
-        tune_gc(app)
+        tune_gc_after_start(app)
 
     @app.timer(0.25)
     async def finish() -> None:

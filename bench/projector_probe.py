@@ -1,7 +1,6 @@
 """The real projector as a benchmark child, timing every batch; stands in for `baton projector`.
 
-Run with the Baton settings in the environment (settings_env) plus BENCH_PROJECTOR_OUT=path, and
-optionally BENCH_FETCH_WAIT_MS=ms to replace the consumer's fetch_max_wait_ms (aiokafka's default: 500).
+Run with the Baton settings in the environment (settings_env) plus BENCH_PROJECTOR_OUT=path.
 On SIGTERM/SIGINT it stops cleanly and writes one JSON list to that path, one entry per batch:
 [wall_end, records, events_inserted, sessions_upserted, total_s, events_sql_s, sessions_sql_s, offsets_sql_s]
 total_s covers _project: decoding rows, the three statements and the commit; the *_sql_s are awaited
@@ -53,14 +52,7 @@ def main() -> None:
         return report
 
     projector._project = timed_project
-    if os.environ.get("BENCH_FETCH_WAIT_MS"):
-        wait_ms = int(os.environ["BENCH_FETCH_WAIT_MS"])
-        consumer_class = projector.AIOKafkaConsumer
-
-        def consumer(*args, **kwargs):
-            return consumer_class(*args, **{**kwargs, "fetch_max_wait_ms": wait_ms})
-
-        projector.AIOKafkaConsumer = consumer
+    projector.tune_process(settings)
 
     async def until_signalled() -> None:
         stop = asyncio.Event()

@@ -26,6 +26,7 @@ from projections.readmodel import ReadModel, write_rows
 from streams import metrics
 from streams.deadletter import dead_letter_record
 from streams.liveness import Heartbeat
+from streams.process import tune_gc
 from streams.publisher import producer_options
 from streams.registry import Domain, domain_of_topic, load_domains, migration_sources
 from streams.settings import Settings
@@ -350,4 +351,11 @@ def main(settings: Settings) -> None:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics.serve(settings.metrics_port)
+    tune_process(settings)
     uvloop.run(until_signalled())
+
+
+def tune_process(settings: Settings) -> None:
+    """Before `baton projector` projects: every domain loaded, then the start-up heap frozen (tune_gc)."""
+    load_domains(settings)
+    tune_gc()

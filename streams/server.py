@@ -20,6 +20,7 @@ from streams.ingest import ingest_router
 from streams.metrics import EdgeMetrics, exposition
 from streams.operations import ops_router
 from streams.policies import adopt_configured, configured_sections
+from streams.process import tune_gc
 from streams.publisher import EventTooLarge, Publisher
 from streams.registry import load_domains, migration_sources
 from streams.settings import Settings, require_secure
@@ -145,4 +146,5 @@ def run_api(settings: Settings, port: int | None = None) -> None:
         print(f"baton api: {host}:{port} is already in use", file=sys.stderr)
         raise SystemExit(EXIT_ADDRESS_IN_USE) from None
     config = uvicorn.Config(create_api(settings), host=host, port=port, log_level="warning", access_log=False)
+    tune_gc()  # the app, its routes and every domain are built
     uvicorn.Server(config).run(sockets=[sock])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 import threading
@@ -17,6 +16,7 @@ from streams import metrics
 from streams.app import create_app
 from streams.liveness import beat_on_timer
 from streams.policies import adopt_configured_once_reachable, configured_sections
+from streams.process import tune_gc
 from streams.registry import load_domains
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -64,14 +64,12 @@ def report_lag(app: faust.App, interval_s: float = 5.0) -> None:
         metrics.set_lag("worker", committed_lag(app.consumer, app.tables.changelog_topics), complete=True)
 
 
-def tune_gc(app: faust.App) -> None:
-    """Freeze start-up objects and collect less often: decoding states allocates many short-lived objects."""
+def tune_gc_after_start(app: faust.App) -> None:
+    """streams.process.tune_gc once the app has started (its agents and tables exist)."""
 
     @app.task
     async def freeze_after_start() -> None:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
+        tune_gc()
 
 
 WORKER_STOP_GRACE_S = 3.0  # a clean stop takes about 1 s
@@ -99,7 +97,7 @@ def run_worker(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.set_event_loop(uvloop.new_event_loop())
     app = build_worker_app(settings)
-    tune_gc(app)
+    tune_gc_after_start(app)
     report_lag(app)
     metrics.serve(settings.metrics_port)
     beat_on_timer(app, "worker")

@@ -14,7 +14,7 @@ from streams.settings import Settings
 # Top to bottom: a module may import its own layer and the layers below it, never one above.
 FOUNDATION = ("streams.settings", "streams.app", "streams.topics", "streams.publisher", "streams.metrics",
               "streams.deadletter", "streams.auth", "streams.edge", "streams.ratelimit", "streams.liveness",
-              "streams.registry", "streams.errors", "streams.policies", "streams.tansu")
+              "streams.registry", "streams.errors", "streams.policies", "streams.tansu", "streams.process")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tests and bench", ("tests", "bench")),
     ("streams: processes, edges, domain declarations, commands, CLI", ("streams",)),
