@@ -34,6 +34,10 @@ def main() -> None:
     parser.add_argument("--conversations-alone", type=int, nargs="?", const=2, default=0, metavar="ROUNDS",
                         help="the six-domain aim: (1) 2 × ROUNDS + 1 more times per broker (default 2 rounds), "
                              "conversations domain alone and six domains in turn, alone first and last")
+    parser.add_argument("--against", default="", metavar="DOMAINS",
+                        help="what --conversations-alone compares with: these domains (comma-separated) instead of "
+                             "all six, e.g. conversations,outbound,steps,learning to leave out the workflow domain's "
+                             "search index")
     parser.add_argument("--rate", type=int, default=500, help="webhook deliveries per second for (2)")
     parser.add_argument("--rates", default="",
                         help="comma-separated rates: (2) runs once per rate, e.g. 100,500; default --rate")

@@ -140,7 +140,7 @@ async def six_domain_step(bench: Bench, postgres: EmbeddedPostgres, base: Settin
     compiler most of all: a run after (2) found it at 0.02 s of the broker's 0.37 s, against 0.71 of 1.28 s in
     (1)), so the runs of each kind are spread evenly over the same stretch, and a steady warming favours neither;
     one run of 5,000 messages varies by about 10 %, so each kind's mean is compared."""
-    alone, six = (base.model_copy(update={"domains": domains}) for domains in ("conversations", ""))
+    alone, six = (base.model_copy(update={"domains": domains}) for domains in ("conversations", bench.args.against))
     for position in range(1, 2 * bench.args.conversations_alone + 2):
         await on_runtime(bench, postgres, six if position % 2 == 0 else alone, broker, bench.args.latency_workers,
                          comparison=position)
