@@ -46,7 +46,7 @@ def print_report(bench: Bench) -> None:
     console.print(comparison_table(bench.baton_runs, peer, bench.peer_skipped, bench.n, bench.contacts))
     if bench.baton_runs or (peer and peer.runs):
         console.print(cpu_per_message_table(bench.baton_runs, peer))
-    for table in six_domain_tables(bench.six_domain_runs, bench.args.against or "six domains"):
+    for table in six_domain_tables(bench.six_domain_runs, bench.args.against):
         console.print(table)
     console.print(aims_table(bench.baton_runs, bench.lats, peer, bench.six_domain_runs, bench.args.against))
     print_profiles(bench.profile, bench.args.broker_list, bench.log_dir, bench.spy_roles)
@@ -402,9 +402,10 @@ def six_against_alone(runs: list[BatonRun], value: Callable[[BatonRun], float]) 
     return (sum(six) / len(six)) / (sum(alone) / len(alone)) - 1 if sum(alone) else math.inf
 
 
-def six_domain_tables(runs: list[BatonRun], compared: str) -> list[Table]:
-    """Per broker, CPU ms per answered message per component in each run of the six-domain comparison, and the
-    six-domain runs' mean against the conversations-alone runs' mean."""
+def six_domain_tables(runs: list[BatonRun], against: str) -> list[Table]:
+    """Per broker, CPU ms per answered message per component in each run of the six-domain comparison (with
+    --against, of those domains), and the six-domain runs' mean against the conversations-alone runs' mean."""
+    compared = against or "six domains"
     tables = []
     for broker, found in six_domain_comparisons(runs).items():
         table = Table(title=f"{compared} against conversations alone on {broker}: CPU ms per answered message, runs "
@@ -437,14 +438,14 @@ def six_domain_rows(table: Table, runs: list[BatonRun], met: Callable[[bool | No
     if not comparisons:
         table.add_row("six registered domains against conversations alone: CPU per answered message", "within 10 %",
                       "add --conversations-alone", "-")
-    for broker, compared in comparisons.items():
-        ratios = [(label, six_against_alone(compared, lambda run, counted=counted: cpu_ms(run, counted)))
+    for broker, found in comparisons.items():
+        ratios = [(label, six_against_alone(found, lambda run, counted=counted: cpu_ms(run, counted)))
                   for label, counted in SIX_DOMAIN_PARTS]
-        sixes = [run for run in compared if not run.alone]
+        sixes = [run for run in found if not run.alone]
         search_ms = sum(cpu_ms(run, lambda k: k == DERIVED) for run in sixes) / len(sixes)
         table.add_row(f"{against or 'six registered domains'} against conversations alone: CPU per answered "
-                      f"message, {broker}, {workers_name(compared[0].workers)}, means of {len(sixes)} and "
-                      f"{len(compared) - len(sixes)} runs", "within 10 %",
+                      f"message, {broker}, {workers_name(found[0].workers)}, means of {len(sixes)} and "
+                      f"{len(found) - len(sixes)} runs", "within 10 %",
                       ", ".join(f"{label} {ratio:+.0%}" for label, ratio in ratios)
                       + f" (derived read models, the search index: {search_ms:.2f} ms per message)",
                       "-" if against else met(abs(ratios[0][1]) <= SIX_DOMAINS_WITHIN))

@@ -50,7 +50,7 @@ class Bench:
     cpu_rows: dict[str, dict[str, tuple[float, dict[str, float]]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     baton_runs: list[BatonRun] = field(default_factory=list)
-    six_domain_runs: list[BatonRun] = field(default_factory=list)  # --conversations-alone: per broker, A-B-A
+    six_domain_runs: list[BatonRun] = field(default_factory=list)  # --conversations-alone: per broker, alone first
     lats: list[LatencyResult] = field(default_factory=list)
     projector_batches: dict[str, list[list[float]]] = field(default_factory=dict)
     spy_roles: list[tuple[str, Path]] = field(default_factory=list)
@@ -149,7 +149,7 @@ async def six_domain_step(bench: Bench, postgres: EmbeddedPostgres, base: Settin
 async def on_runtime(bench: Bench, postgres: EmbeddedPostgres, base: Settings, broker: BenchBroker,
                      count: int, comparison: int = 0) -> None:
     """(1), and (2) when count is --latency-workers, on a fresh runtime with count workers; (1) alone for the run
-    at `comparison` (1-3) of the six-domain comparison."""
+    at position `comparison` (from 1) of the six-domain comparison."""
     alone = base.domains == "conversations"
     do_ingest = "ingest" not in bench.skip
     do_latency = "latency" not in bench.skip and count == bench.args.latency_workers and not comparison
